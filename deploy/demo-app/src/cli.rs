@@ -26,7 +26,7 @@ pub enum Command {
     Help,
 }
 
-/// Invalid command line. The caller prints it with the usage text and exits with 2.
+/// Invalid command line. The caller prints the message and exits with status 2.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UsageError(String);
 
@@ -101,13 +101,19 @@ mod tests {
 
     #[test]
     fn listen_accepts_both_forms() {
-        assert_eq!(parse(&["--listen", "127.0.0.1:0"]), Ok(run_on("127.0.0.1:0")));
+        assert_eq!(
+            parse(&["--listen", "127.0.0.1:0"]),
+            Ok(run_on("127.0.0.1:0"))
+        );
         assert_eq!(parse(&["--listen=[::1]:9000"]), Ok(run_on("[::1]:9000")));
     }
 
     #[test]
     fn help_wins_over_other_arguments() {
-        assert_eq!(parse(&["--listen", "127.0.0.1:1", "--help"]), Ok(Command::Help));
+        assert_eq!(
+            parse(&["--listen", "127.0.0.1:1", "--help"]),
+            Ok(Command::Help)
+        );
         assert_eq!(parse(&["-h"]), Ok(Command::Help));
     }
 
@@ -120,6 +126,9 @@ mod tests {
         assert!(missing.0.contains("missing value"), "{missing}");
 
         let invalid = parse(&["--listen", "localhost:80"]).unwrap_err();
-        assert!(invalid.0.contains("invalid value 'localhost:80'"), "{invalid}");
+        assert!(
+            invalid.0.contains("invalid value 'localhost:80'"),
+            "{invalid}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Demo "legacy" web application that otpgate is tested and demonstrated against.
 //!
-//! The app knows nothing about two-factor authentication. It behaves like a small
+//! The app has no two-factor authentication of its own. It behaves like a small
 //! framework app: a login form with a CSRF cookie, a JSON login API, session cookies
 //! kept in memory, protected pages, and test endpoints (`/echo`, `/_demo/...`) that
 //! show what a gateway in front of it forwarded.
@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
         }
         Ok(Command::Run { listen }) => serve(listen).await,
         Err(error) => {
-            eprintln!("demo-app: {error}\n\n{}", cli::USAGE);
+            eprintln!("demo-app: {error}");
             ExitCode::from(2)
         }
     }

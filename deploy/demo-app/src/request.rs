@@ -29,9 +29,9 @@ pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
-/// Accepts a `next` redirect target only when it is a local path: it starts with one
-/// `/`, not `//` or `/\` (which browsers treat as another host), and contains only
-/// visible ASCII, so it is also a valid `Location` header value.
+/// Returns whether `target` is a local path that is safe as a `next` redirect. It must
+/// start with one `/` but not with `//` or `/\`, which browsers treat as another host.
+/// It must contain only visible ASCII, so it is also a valid `Location` header value.
 pub fn is_local_path(target: &str) -> bool {
     let bytes = target.as_bytes();
     bytes.first() == Some(&b'/')
@@ -76,7 +76,10 @@ mod tests {
     fn cookie_value_searches_all_headers() {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static("theme=dark; csrftoken="));
-        headers.append(COOKIE, HeaderValue::from_static("sessionid=abc;csrftoken=tok"));
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("sessionid=abc;csrftoken=tok"),
+        );
         assert_eq!(cookie_value(&headers, "sessionid").as_deref(), Some("abc"));
         assert_eq!(cookie_value(&headers, "csrftoken").as_deref(), Some("tok"));
         assert_eq!(cookie_value(&headers, "theme").as_deref(), Some("dark"));

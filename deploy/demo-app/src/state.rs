@@ -148,7 +148,10 @@ mod tests {
     fn session_expires_after_lifetime() {
         let created = Instant::now();
         assert!(!session_expired(created, created));
-        assert!(!session_expired(created, created + SESSION_LIFETIME - Duration::from_secs(1)));
+        assert!(!session_expired(
+            created,
+            created + SESSION_LIFETIME - Duration::from_secs(1)
+        ));
         assert!(session_expired(created, created + SESSION_LIFETIME));
     }
 
