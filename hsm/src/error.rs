@@ -67,8 +67,12 @@ impl HsmError {
         move |source| HsmError::Pkcs11 { operation, source }
     }
 
-    /// Reports whether the session that ran the operation is no longer
+    /// Reports whether the session that ran the operation may no longer be
     /// usable, so the operation should be retried on a fresh session.
+    /// SoftHSM 2.6 answers `CKR_GENERAL_ERROR` to an operation whose
+    /// session was closed by another thread while it ran, and
+    /// handle or operation-state errors when a cached key handle went
+    /// stale with it, so those codes count too.
     pub(crate) fn is_stale_session(&self) -> bool {
         match self {
             HsmError::Pkcs11 {
@@ -79,11 +83,17 @@ impl HsmError {
                 RvError::SessionHandleInvalid
                     | RvError::SessionClosed
                     | RvError::DeviceError
+                    | RvError::GeneralError
                     | RvError::DeviceRemoved
                     | RvError::TokenNotPresent
                     | RvError::UserNotLoggedIn
                     | RvError::ObjectHandleInvalid
                     | RvError::KeyHandleInvalid
+                    | RvError::UnwrappingKeyHandleInvalid
+                    | RvError::WrappingKeyHandleInvalid
+                    | RvError::KeyFunctionNotPermitted
+                    | RvError::OperationActive
+                    | RvError::OperationNotInitialized
             ),
             _ => false,
         }

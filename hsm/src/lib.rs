@@ -19,4 +19,4 @@ pub use keys::{HsmStatus, KeyRole, REQUIRED_MECHANISMS};
 pub use otpgate_config::{Algorithm, KeyMode};
 pub use seed::{SealedSeed, Seed, MAX_SEED_BYTES, MIN_SEED_BYTES};
 pub use totp::{is_well_formed, TimeStep, TotpParams};
-pub use vault::{UserId, Vault, VaultOptions};
+pub use vault::{seed_object_template, UserId, Vault, VaultOptions};

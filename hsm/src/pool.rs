@@ -1,14 +1,66 @@
 //! A pool of logged-in PKCS#11 sessions, one in use per thread at a time.
+//!
+//! When the token invalidates sessions (`C_CloseAllSessions`, a device
+//! error), a session handle the pool still holds may be given to a new
+//! session by the token. Using or closing such a stale handle would act
+//! on somebody else's session, so the pool counts generations: after a
+//! failure every session of the older generation is forgotten, never
+//! closed, and new sessions are opened only once no thread still holds an
+//! old one.
 
-use std::sync::{Condvar, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use cryptoki_sys::CK_SESSION_HANDLE;
 
 use crate::HsmError;
+
+/// Retries of one operation after its session became unusable. Old
+/// sessions are forgotten, not closed, so each failure leaks at most one
+/// pool's worth of dead session objects in the PKCS#11 library.
+const MAX_RETRIES: u32 = 1;
+
+struct PooledSession {
+    session: Session,
+    generation: u64,
+}
+
+struct PoolState {
+    idle: Vec<PooledSession>,
+    /// Sessions of the current generation, idle or in use.
+    live: usize,
+    generation: u64,
+    /// Sessions in use, counted by generation.
+    checked_out: BTreeMap<u64, usize>,
+    /// Handles of every session of the current generation.
+    handles: Vec<CK_SESSION_HANDLE>,
+}
+
+impl PoolState {
+    fn old_sessions_in_use(&self) -> bool {
+        self.checked_out
+            .iter()
+            .any(|(generation, count)| *generation < self.generation && *count > 0)
+    }
+
+    fn check_out(&mut self, generation: u64) {
+        *self.checked_out.entry(generation).or_default() += 1;
+    }
+
+    fn check_in(&mut self, generation: u64) {
+        if let Some(count) = self.checked_out.get_mut(&generation) {
+            *count -= 1;
+            if *count == 0 {
+                self.checked_out.remove(&generation);
+            }
+        }
+    }
+}
 
 /// Sessions waiting to be used. A PKCS#11 session runs one operation at a
 /// time, so each caller takes one out and puts it back afterwards.
@@ -17,8 +69,13 @@ pub(crate) struct SessionPool {
     slot: Slot,
     label: String,
     pin: AuthPin,
-    idle: Mutex<Vec<Session>>,
-    returned: Condvar,
+    size: usize,
+    /// Held while a session is opened and logged in. SoftHSM 2.6 can answer
+    /// CKR_USER_ALREADY_LOGGED_IN to a second concurrent C_Login before the
+    /// first has unlocked the token's private objects.
+    login: Mutex<()>,
+    state: Mutex<PoolState>,
+    changed: Condvar,
 }
 
 impl SessionPool {
@@ -35,22 +92,45 @@ impl SessionPool {
             slot,
             label,
             pin,
-            idle: Mutex::new(Vec::with_capacity(size)),
-            returned: Condvar::new(),
+            size,
+            login: Mutex::new(()),
+            state: Mutex::new(PoolState {
+                idle: Vec::with_capacity(size),
+                live: 0,
+                generation: 0,
+                checked_out: BTreeMap::new(),
+                handles: Vec::new(),
+            }),
+            changed: Condvar::new(),
         };
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
-            sessions.push(pool.open_session()?);
+            sessions.push(PooledSession {
+                session: pool.open_session()?,
+                generation: 0,
+            });
         }
-        *pool.idle.lock().expect("session pool lock") = sessions;
+        let mut state = pool.lock();
+        state.handles = sessions.iter().map(|pooled| pooled.session.handle()).collect();
+        state.live = sessions.len();
+        state.idle = sessions;
+        drop(state);
         Ok(pool)
     }
 
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().expect("session pool lock")
+    }
+
     fn open_session(&self) -> Result<Session, HsmError> {
+        let _login = self.login.lock().expect("login lock");
         let session = self
             .context
             .open_rw_session(self.slot)
             .map_err(HsmError::pkcs11("C_OpenSession"))?;
+        // NOTE: PKCS#11 keeps the login state per process and token, so
+        // once one session is logged in, C_Login answers
+        // CKR_USER_ALREADY_LOGGED_IN without checking the PIN again.
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) => Ok(session),
             Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
@@ -66,68 +146,130 @@ impl SessionPool {
 
     /// Runs `operation` on an idle session. If the token invalidated the
     /// session (closed, device error, handle invalid), the session is
-    /// replaced and `operation` runs once more on the new one, so the caller
-    /// never sees a stale handle. `on_retry` runs before the retry, to drop
-    /// cached object handles.
+    /// replaced and `operation` runs again on the new one, so the caller
+    /// never sees a stale handle. `on_retry` runs before each retry, to
+    /// drop cached object handles.
+    ///
+    /// NOTE: SoftHSM 2.6 crashes when a session is closed while another
+    /// thread runs an operation on it, so recovery is tested with sessions
+    /// closed between operations.
     pub(crate) fn with_session<T>(
         &self,
         mut operation: impl FnMut(&Session) -> Result<T, HsmError>,
-        on_retry: impl FnOnce(),
+        on_retry: impl Fn(),
     ) -> Result<T, HsmError> {
-        let session = self.take();
-        match operation(&session) {
-            Ok(value) => {
-                self.give_back(session);
-                Ok(value)
+        let mut pooled = self.take()?;
+        let mut retries = 0;
+        loop {
+            match operation(&pooled.session) {
+                Err(err) if err.is_stale_session() && retries < MAX_RETRIES => {
+                    tracing::warn!(error = %err, token = %self.label, retry = retries + 1, "HSM session became unusable; replacing the pool's sessions and retrying");
+                    retries += 1;
+                    pooled = self.replace_after_failure(pooled)?;
+                    on_retry();
+                }
+                result => {
+                    self.give_back(pooled);
+                    return result;
+                }
             }
-            Err(err) if err.is_stale_session() => {
-                tracing::warn!(error = %err, "HSM session became unusable; opening a new one and retrying once");
-                drop_quietly(session);
-                on_retry();
-                let fresh = self.open_session()?;
-                let result = operation(&fresh);
-                self.give_back(fresh);
-                result
+        }
+    }
+
+    /// Takes an idle session, opening one if the pool has shrunk after a
+    /// failure, or waits until another thread returns one.
+    fn take(&self) -> Result<PooledSession, HsmError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(pooled) = state.idle.pop() {
+                state.check_out(pooled.generation);
+                return Ok(pooled);
+            }
+            if state.live < self.size && !state.old_sessions_in_use() {
+                let generation = state.generation;
+                state.live += 1;
+                state.check_out(generation);
+                drop(state);
+                return self.open_checked_out(generation);
+            }
+            state = self.changed.wait(state).expect("session pool lock");
+        }
+    }
+
+    /// Opens a session for a slot already counted as live and checked out.
+    fn open_checked_out(&self, generation: u64) -> Result<PooledSession, HsmError> {
+        match self.open_session() {
+            Ok(session) => {
+                let mut state = self.lock();
+                if state.generation == generation {
+                    state.handles.push(session.handle());
+                }
+                Ok(PooledSession { session, generation })
             }
             Err(err) => {
-                self.give_back(session);
+                let mut state = self.lock();
+                state.check_in(generation);
+                if state.generation == generation {
+                    state.live -= 1;
+                }
+                drop(state);
+                self.changed.notify_all();
                 Err(err)
             }
         }
     }
 
-    /// Takes an idle session, waiting until another thread returns one.
-    fn take(&self) -> Session {
-        let mut idle = self.idle.lock().expect("session pool lock");
-        loop {
-            if let Some(session) = idle.pop() {
-                return session;
+    /// Retires `failed` and every session of its generation, waits until no
+    /// thread holds an old session, and opens a new one.
+    fn replace_after_failure(&self, failed: PooledSession) -> Result<PooledSession, HsmError> {
+        let mut state = self.lock();
+        state.check_in(failed.generation);
+        if failed.generation == state.generation {
+            state.generation += 1;
+            state.live = 0;
+            state.handles.clear();
+            for old in state.idle.drain(..) {
+                std::mem::forget(old.session);
             }
-            idle = self.returned.wait(idle).expect("session pool lock");
         }
+        // The handle may already belong to a new session: forget it.
+        std::mem::forget(failed.session);
+        self.changed.notify_all();
+        while state.old_sessions_in_use() {
+            state = self.changed.wait(state).expect("session pool lock");
+        }
+        let generation = state.generation;
+        state.live += 1;
+        state.check_out(generation);
+        drop(state);
+        self.open_checked_out(generation)
     }
 
-    fn give_back(&self, session: Session) {
-        self.idle.lock().expect("session pool lock").push(session);
-        self.returned.notify_one();
+    fn give_back(&self, pooled: PooledSession) {
+        let mut state = self.lock();
+        state.check_in(pooled.generation);
+        if pooled.generation == state.generation {
+            state.idle.push(pooled);
+        } else {
+            // An old session that finished before the failure was noticed.
+            std::mem::forget(pooled.session);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Returns the handles of the pool's current sessions, idle or in use.
+    pub(crate) fn handles(&self) -> Vec<CK_SESSION_HANDLE> {
+        self.lock().handles.clone()
     }
 
     /// Returns the slot of the token.
     pub(crate) fn slot(&self) -> Slot {
         self.slot
     }
-}
 
-/// Closes a dead session without reporting the error the token gives for it.
-fn drop_quietly(session: Session) {
-    if let Err(err) = session.close() {
-        tracing::debug!(error = %err, "closing an unusable HSM session failed, as expected");
-    }
-}
-
-impl SessionPool {
     /// Returns the PKCS#11 context the sessions belong to.
-    pub(crate) fn context(&self) -> Result<Pkcs11, HsmError> {
-        Ok(self.context.clone())
+    pub(crate) fn context(&self) -> Pkcs11 {
+        self.context.clone()
     }
 }

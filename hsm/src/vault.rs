@@ -27,7 +27,7 @@ pub struct UserId(pub String);
 impl UserId {
     /// The `CKA_ID` of the member's seed object in `token` mode: the first
     /// 16 bytes of SHA-256 over a domain label and the name.
-    fn token_object_id(&self) -> [u8; 16] {
+    pub fn token_object_id(&self) -> [u8; 16] {
         let digest = Sha256::new()
             .chain_update(b"otpgate token seed\0")
             .chain_update(self.0.as_bytes())
@@ -104,6 +104,12 @@ impl Vault {
     /// The slot that holds the token (slot ids change between SoftHSM runs).
     pub fn slot_id(&self) -> u64 {
         self.pool.slot().id()
+    }
+
+    /// Returns the PKCS#11 handles of the pool's sessions, for diagnostics
+    /// and fault-injection tests that close a session under the vault.
+    pub fn session_handles(&self) -> Vec<u64> {
+        self.pool.handles().into_iter().map(u64::from).collect()
     }
 
     fn run<T>(&self, mut operation: impl FnMut(&Session, &Self) -> Result<T, HsmError>) -> Result<T, HsmError> {
@@ -383,8 +389,11 @@ impl Vault {
             let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into()).map_err(HsmError::pkcs11("GCM parameters"))?;
             match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
                 Ok(plain) => Ok(zeroize::Zeroizing::new(plain)),
+                // SoftHSM 2.6 reports a GCM tag mismatch as CKR_GENERAL_ERROR.
                 Err(cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::EncryptedDataInvalid | cryptoki::error::RvError::EncryptedDataLenRange,
+                    cryptoki::error::RvError::EncryptedDataInvalid
+                    | cryptoki::error::RvError::EncryptedDataLenRange
+                    | cryptoki::error::RvError::GeneralError,
                     _,
                 )) => Err(HsmError::DecryptFailed),
                 Err(other) => Err(HsmError::pkcs11("C_Decrypt")(other)),
@@ -399,7 +408,7 @@ impl Vault {
 }
 
 fn context_of(vault: &Vault) -> Result<cryptoki::context::Pkcs11, HsmError> {
-    vault.pool.context()
+    Ok(vault.pool.context())
 }
 
 /// Finds the slot whose token has `label`. Slot numbers are not stable in
@@ -425,8 +434,10 @@ fn find_slot(context: &cryptoki::context::Pkcs11, label: &str) -> Result<Slot, H
     })
 }
 
-/// Template of a seed key: sensitive, never extractable, sign only.
-fn seed_object_template(token: bool, id: Option<[u8; 16]>) -> Vec<Attribute> {
+/// Returns the template every seed key object gets, unwrapped per
+/// verification (`token` false) or stored per member (`token` true with
+/// an id): sensitive, never extractable, usable for `C_Sign` only.
+pub fn seed_object_template(token: bool, id: Option<[u8; 16]>) -> Vec<Attribute> {
     let mut template = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),

@@ -1,0 +1,8 @@
+//! End-to-end tests against real components: a SoftHSM token and a Redis
+//! server that the harness starts on its own ports and directories, the
+//! demo application, the gateway, and a real HTTP client.
+//!
+//! All tests live in this one binary so that pingora is linked once.
+
+mod harness;
+mod hsm_vault;
