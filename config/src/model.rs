@@ -160,7 +160,8 @@ pub struct AppSettings {
     #[serde(default = "default_login_page")]
     pub login_page: String,
     /// Paths reachable without a verified session. An entry ending in `/`
-    /// matches every path below it; other entries match exactly.
+    /// matches every path below it; other entries match exactly. The entry
+    /// `/` alone matches only the root page.
     #[serde(default)]
     pub public_paths: Vec<String>,
     /// Largest login request body that is read and forwarded, in bytes.

@@ -1,1 +1,17 @@
-//! placeholder
+//! The pingora proxy that enforces TOTP for an unchanged web application:
+//! path canonicalisation, login interception, the challenge page, session
+//! enforcement, and the Redis store behind them.
+#![forbid(unsafe_code)]
+
+pub mod client_ip;
+pub mod cookies;
+pub mod gateway;
+mod headers;
+pub mod pages;
+pub mod path;
+pub mod record;
+pub mod store;
+
+pub use gateway::Gateway;
+pub use record::EnrollmentRecord;
+pub use store::Store;

@@ -5,4 +5,5 @@
 //! All tests live in this one binary so that pingora is linked once.
 
 mod harness;
+mod gateway_login;
 mod hsm_vault;

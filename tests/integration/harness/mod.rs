@@ -1,6 +1,6 @@
 //! Starting and stopping the real components the tests run against.
 
+pub mod services;
 pub mod softhsm;
+pub mod stack;
 pub mod totp;
-
-pub use softhsm::SoftHsm;

@@ -1,0 +1,57 @@
+//! The gateway's HTML pages, rendered with minijinja (HTML auto-escaping on).
+
+use minijinja::{context, Environment};
+
+/// Message shown when a code is rejected.
+pub const CODE_REJECTED: &str = "That code was not accepted. Check that your phone sets the date and time automatically; codes change every 30 seconds.";
+
+/// The compiled templates.
+pub struct Pages {
+    env: Environment<'static>,
+    product: String,
+    prefix: String,
+}
+
+impl Pages {
+    /// Loads the built-in templates.
+    pub fn new(product: &str, prefix: &str) -> Pages {
+        let mut env = Environment::new();
+        env.add_template("layout.html", include_str!("../templates/layout.html")).expect("layout template parses");
+        env.add_template("challenge.html", include_str!("../templates/challenge.html")).expect("challenge template parses");
+        env.add_template("message.html", include_str!("../templates/message.html")).expect("message template parses");
+        Pages { env, product: product.to_string(), prefix: prefix.to_string() }
+    }
+
+    /// Renders the code challenge, with an optional error.
+    pub fn challenge(&self, csrf: &str, error: Option<&str>) -> String {
+        self.env
+            .get_template("challenge.html")
+            .and_then(|t| {
+                t.render(context! {
+                    title => "Two-Factor Authentication",
+                    product => &self.product,
+                    prefix => &self.prefix,
+                    csrf => csrf,
+                    error => error,
+                })
+            })
+            .expect("challenge template renders")
+    }
+
+    /// Renders a one-paragraph page with an optional link.
+    pub fn message(&self, title: &str, message: &str, error: bool, link: Option<(&str, &str)>) -> String {
+        self.env
+            .get_template("message.html")
+            .and_then(|t| {
+                t.render(context! {
+                    title => title,
+                    product => &self.product,
+                    message => message,
+                    error => error,
+                    link => link.map(|l| l.0),
+                    link_label => link.map(|l| l.1),
+                })
+            })
+            .expect("message template renders")
+    }
+}

@@ -1,0 +1,298 @@
+//! The Redis store: enrollment records, used time steps, rate-limit
+//! counters, pending logins and session flags.
+//!
+//! Every key of one member carries the member in a hash tag (`{u:NAME}`),
+//! so a Redis Cluster keeps them in one slot. Checks and their updates run
+//! as Lua scripts, so each is one atomic step.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+
+/// A Redis failure. The gateway answers 503 to anything that needs the
+/// store while this happens; it never lets a request through instead.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis at {url} is unreachable or failed: {source}; check redis.url and that Redis is running")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Replay check: accept `step` only if it is above the stored highest
+/// used step, and store it. Returns 1 when accepted, 0 when replayed.
+const REPLAY_SCRIPT: &str = r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local step = tonumber(ARGV[1])
+if step > used then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Fixed-window counter: increments and sets the expiry in one step, so a
+/// counter can never be left without one. Returns the new count.
+const COUNT_SCRIPT: &str = r#"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 or redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return count
+"#;
+
+/// Takes a pending login: returns its value and deletes it in one step, so
+/// two concurrent submissions cannot both finish the same login.
+const TAKE_SCRIPT: &str = r#"
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
+"#;
+
+/// A handle on the shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    prefix: String,
+    url: String,
+    replay: Script,
+    count: Script,
+    take: Script,
+}
+
+/// Returns a hex SHA-256 of `value`, used to key secrets (session cookies,
+/// tickets) without storing them.
+pub fn digest_hex(value: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(&Sha256::digest(value))
+}
+
+impl Store {
+    /// Connects to `url`. The connection reconnects by itself after Redis
+    /// returns; each command gives up after `timeout`.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let error = |source| StoreError::Redis {
+            url: redacted(url),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(error)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_with_config(client, config).await.map_err(error)?;
+        Ok(Store {
+            connection,
+            prefix: prefix.to_string(),
+            url: redacted(url),
+            replay: Script::new(REPLAY_SCRIPT),
+            count: Script::new(COUNT_SCRIPT),
+            take: Script::new(TAKE_SCRIPT),
+        })
+    }
+
+    fn error(&self) -> impl FnOnce(redis::RedisError) -> StoreError + '_ {
+        |source| StoreError::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Key of a member's item; the hash tag keeps one member in one slot.
+    fn member_key(&self, kind: &str, user: &str) -> String {
+        format!("{}{kind}:{{u:{user}}}", self.prefix)
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// Checks that Redis answers, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING").query_async::<String>(&mut connection).await.map_err(self.error())?;
+        Ok(())
+    }
+
+    /// Reports whether Redis persists data (AOF or RDB snapshots).
+    pub async fn persistence_enabled(&self) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut connection).await.map_err(self.error())?;
+        let save: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut connection).await.map_err(self.error())?;
+        let aof_on = aof.get(1).is_some_and(|v| v == "yes");
+        let save_on = save.get(1).is_some_and(|v| !v.trim().is_empty());
+        Ok(aof_on || save_on)
+    }
+
+    /// Reads a member's enrollment record bytes.
+    pub async fn record(&self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection.get(self.member_key("record", user)).await.map_err(self.error())
+    }
+
+    /// Writes a member's enrollment record bytes and clears the used step,
+    /// because a new seed starts a new sequence of codes.
+    pub async fn put_record(&self, user: &str, record: &[u8], used_step: Option<u64>) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().set(self.member_key("record", user), record);
+        match used_step {
+            Some(step) => pipe.set(self.member_key("used", user), step),
+            None => pipe.del(self.member_key("used", user)),
+        };
+        pipe.query_async::<()>(&mut connection).await.map_err(self.error())
+    }
+
+    /// Deletes a member's record and used step. Returns true if a record existed.
+    pub async fn delete_record(&self, user: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let (deleted, _): (u32, u32) = redis::pipe()
+            .atomic()
+            .del(self.member_key("record", user))
+            .del(self.member_key("used", user))
+            .query_async(&mut connection)
+            .await
+            .map_err(self.error())?;
+        Ok(deleted > 0)
+    }
+
+    /// Returns the highest time step the member has used, if any.
+    pub async fn used_step(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection.get(self.member_key("used", user)).await.map_err(self.error())
+    }
+
+    /// Marks `step` used if it is above the highest used step. Returns
+    /// false when the step (or a newer one) was used already.
+    pub async fn consume_step(&self, user: &str, step: u64) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let accepted: i32 = self
+            .replay
+            .key(self.member_key("used", user))
+            .arg(step)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(self.error())?;
+        Ok(accepted == 1)
+    }
+
+    /// Increments a rate-limit counter and returns the new count.
+    pub async fn count(&self, counter: &RateKey<'_>, window_secs: u64) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        self.count
+            .key(self.rate_key(counter))
+            .arg(window_secs)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(self.error())
+    }
+
+    /// Returns a counter's current value and its seconds to expiry.
+    pub async fn peek_count(&self, counter: &RateKey<'_>) -> Result<(u64, i64), StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.rate_key(counter);
+        let (count, ttl): (Option<u64>, i64) = redis::pipe()
+            .get(&key)
+            .ttl(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(self.error())?;
+        Ok((count.unwrap_or(0), ttl))
+    }
+
+    fn rate_key(&self, counter: &RateKey<'_>) -> String {
+        match counter {
+            RateKey::PasswordUser(user) => self.member_key("rl:pw", user),
+            RateKey::PasswordAddress(ip) => self.key("rl:pw:ip", ip),
+            RateKey::SecondFactorUser(user) => self.member_key("rl:2f", user),
+            RateKey::SecondFactorAddress(ip) => self.key("rl:2f:ip", ip),
+        }
+    }
+
+    /// Stores a pending login under the SHA-256 of its ticket.
+    pub async fn put_pending(&self, ticket: &str, value: &[u8], ttl_secs: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .set_ex(self.key("pending", &digest_hex(ticket.as_bytes())), value, ttl_secs)
+            .await
+            .map_err(self.error())
+    }
+
+    /// Reads a pending login without removing it.
+    pub async fn pending(&self, ticket: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .get(self.key("pending", &digest_hex(ticket.as_bytes())))
+            .await
+            .map_err(self.error())
+    }
+
+    /// Removes a pending login and returns it; only one caller gets it.
+    pub async fn take_pending(&self, ticket: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        self.take
+            .key(self.key("pending", &digest_hex(ticket.as_bytes())))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(self.error())
+    }
+
+    /// Sets the flag of an application session, keyed by the SHA-256 of
+    /// the session cookie value.
+    pub async fn put_session_flag(&self, cookie_value: &str, flag: &[u8], ttl_secs: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .set_ex(self.key("session", &digest_hex(cookie_value.as_bytes())), flag, ttl_secs)
+            .await
+            .map_err(self.error())
+    }
+
+    /// Reads the flag of an application session.
+    pub async fn session_flag(&self, cookie_value: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .get(self.key("session", &digest_hex(cookie_value.as_bytes())))
+            .await
+            .map_err(self.error())
+    }
+
+    /// Deletes the flag of an application session (logout).
+    pub async fn delete_session_flag(&self, cookie_value: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .del(self.key("session", &digest_hex(cookie_value.as_bytes())))
+            .await
+            .map_err(self.error())
+    }
+}
+
+/// A rate-limit counter.
+pub enum RateKey<'a> {
+    PasswordUser(&'a str),
+    PasswordAddress(&'a str),
+    SecondFactorUser(&'a str),
+    SecondFactorAddress(&'a str),
+}
+
+/// Removes a password from a Redis URL before it appears in an error.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_password_is_redacted() {
+        assert_eq!(redacted("redis://:s3cret@10.0.0.5:6379/0"), "redis://***@10.0.0.5:6379/0");
+        assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+}
