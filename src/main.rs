@@ -223,7 +223,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
             let vault = open_vault(&settings)?;
             let params = TotpParams { algorithm, digits, period };
             let sealed = vault.seal(&UserId(user.clone()), &seed, algorithm)?;
-            let record = EnrollmentRecord::new(&user, &sealed, &params, now_unix());
+            let record = EnrollmentRecord::new(&user, &sealed, &params, now_unix(), Vec::new());
             store.put_record(&user, &record.seal(&vault)?, None).await?;
             tracing::info!(target: "audit", user = %user, action = "import", algorithm = algorithm.as_str(), digits, period, "TOTP seed imported by operator");
             println!("{user}: TOTP seed imported ({} {digits} digits {period} s)", algorithm.as_str());

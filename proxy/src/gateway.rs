@@ -14,7 +14,7 @@ use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cookies::{self, SetCookie};
-use crate::pages::{Pages, CODE_REJECTED};
+use crate::pages::{Pages, BACKUP_REJECTED, CODE_REJECTED};
 use crate::record::EnrollmentRecord;
 use crate::store::{RateKey, Store, StoreError};
 use crate::{client_ip, headers, path};
@@ -27,33 +27,39 @@ pub struct Gateway {
     pub settings: Arc<Settings>,
     pub vault: Arc<Vault>,
     pub store: Store,
-    pages: Pages,
+    pub(crate) pages: Pages,
+    /// Connections to the application for password re-checks.
+    pub(crate) connector: pingora::connectors::http::Connector,
 }
 
 /// A pending login: the application accepted the password, the member has
 /// not given the second factor yet.
 #[derive(Serialize, Deserialize)]
-struct PendingLogin {
-    user: String,
+pub(crate) struct PendingLogin {
+    pub(crate) user: String,
     /// Where the application meant to send the member, already checked.
-    target: String,
+    pub(crate) target: String,
     /// Held `Set-Cookie` headers, JSON, encrypted with the HSM blob key.
-    sealed_cookies: String,
+    pub(crate) sealed_cookies: String,
+    /// The member has no second factor and policy requires one: the
+    /// login finishes through enrollment.
+    #[serde(default)]
+    pub(crate) enroll: bool,
 }
 
 /// The flag stored for an application session that passed the gateway.
 #[derive(Serialize, Deserialize)]
-struct SessionFlag {
-    user: String,
+pub(crate) struct SessionFlag {
+    pub(crate) user: String,
     /// `verified` after a second factor, `no2fa` for a member without one.
-    state: String,
+    pub(crate) state: String,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
-    client: Option<IpAddr>,
-    tls: bool,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) tls: bool,
     login: Option<LoginRoute>,
     login_body: Option<Bytes>,
     login_user: Option<String>,
@@ -63,7 +69,7 @@ pub struct RequestCtx {
     replacement_body: Option<Bytes>,
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -81,7 +87,7 @@ pub fn safe_target(target: &str) -> String {
     }
 }
 
-fn csrf_for(ticket: &str) -> String {
+pub(crate) fn csrf_for(ticket: &str) -> String {
     crate::store::digest_hex(format!("otpgate-csrf\0{ticket}").as_bytes())[..32].to_string()
 }
 
@@ -89,10 +95,11 @@ impl Gateway {
     /// Builds the proxy around an open vault and store.
     pub fn new(settings: Arc<Settings>, vault: Arc<Vault>, store: Store) -> Gateway {
         let pages = Pages::new(&settings.app.product_name, &settings.gateway.prefix);
-        Gateway { settings, vault, store, pages }
+        let connector = pingora::connectors::http::Connector::new(None);
+        Gateway { settings, vault, store, pages, connector }
     }
 
-    fn is_json(session: &Session) -> bool {
+    pub(crate) fn is_json(session: &Session) -> bool {
         session
             .req_header()
             .headers
@@ -101,7 +108,7 @@ impl Gateway {
             .is_some_and(|v| v.starts_with("application/json"))
     }
 
-    fn is_html(session: &Session) -> bool {
+    pub(crate) fn is_html(session: &Session) -> bool {
         session
             .req_header()
             .headers
@@ -110,7 +117,7 @@ impl Gateway {
             .is_some_and(|v| v.contains("text/html"))
     }
 
-    async fn respond(
+    pub(crate) async fn respond(
         &self,
         session: &mut Session,
         status: u16,
@@ -130,11 +137,11 @@ impl Gateway {
         Ok(true)
     }
 
-    async fn respond_page(&self, session: &mut Session, status: u16, headers: Vec<(&'static str, String)>, body: String) -> Result<bool> {
+    pub(crate) async fn respond_page(&self, session: &mut Session, status: u16, headers: Vec<(&'static str, String)>, body: String) -> Result<bool> {
         self.respond(session, status, headers, "text/html; charset=utf-8", body).await
     }
 
-    async fn unavailable(&self, session: &mut Session, error: &(dyn std::fmt::Display + Sync)) -> Result<bool> {
+    pub(crate) async fn unavailable(&self, session: &mut Session, error: &(dyn std::fmt::Display + Sync)) -> Result<bool> {
         tracing::error!(error = %error, "second factor unavailable; answering 503");
         let body = self.pages.message(
             "Temporarily unavailable",
@@ -145,19 +152,19 @@ impl Gateway {
         self.respond_page(session, 503, vec![("retry-after", "30".into())], body).await
     }
 
-    async fn bad_request(&self, session: &mut Session, reason: &str) -> Result<bool> {
+    pub(crate) async fn bad_request(&self, session: &mut Session, reason: &str) -> Result<bool> {
         let body = self.pages.message("Bad request", reason, true, None);
         self.respond_page(session, 400, Vec::new(), body).await
     }
 
-    fn pending_cookie_value(&self, session: &Session) -> Option<String> {
+    pub(crate) fn pending_cookie_value(&self, session: &Session) -> Option<String> {
         let header = session.req_header().headers.get("cookie")?.to_str().ok()?;
         let mut values = cookies::values(header, cookies::PENDING_COOKIE_TLS);
         values.extend(cookies::values(header, cookies::PENDING_COOKIE));
         values.into_iter().find(|v| !v.is_empty()).map(str::to_string)
     }
 
-    async fn read_body(&self, session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+    pub(crate) async fn read_body(&self, session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
         let mut body = Vec::new();
         while let Some(chunk) = session.read_request_body().await? {
             if body.len() + chunk.len() > limit {
@@ -172,7 +179,16 @@ impl Gateway {
     async fn serve_gateway_page(&self, session: &mut Session, ctx: &mut RequestCtx, rest: &str) -> Result<bool> {
         match (session.req_header().method.as_str(), rest) {
             ("GET", "challenge") => self.challenge_page(session, ctx, None).await,
-            ("POST", "challenge") => self.challenge_submit(session, ctx).await,
+            ("POST", "challenge") => self.challenge_submit(session, ctx, false).await,
+            ("GET", "challenge/backup") => self.backup_challenge_page(session, ctx, None).await,
+            ("POST", "challenge/backup") => self.challenge_submit(session, ctx, true).await,
+            ("GET", "settings") => self.settings_page(session, ctx, None).await,
+            ("POST", "enroll/start") => self.enroll_start(session, ctx).await,
+            ("GET", "enroll") => self.enroll_required_page(session, ctx).await,
+            ("GET", "enroll/qr.png") => self.enroll_qr(session, ctx).await,
+            ("POST", "enroll/verify") => self.enroll_verify(session, ctx).await,
+            ("POST", "backup/regenerate") => self.regenerate_backup(session, ctx).await,
+            ("POST", "disable") => self.disable(session, ctx).await,
             _ => {
                 let body = self.pages.message("Not found", "There is no page at this address.", true, None);
                 self.respond_page(session, 404, Vec::new(), body).await
@@ -180,12 +196,17 @@ impl Gateway {
         }
     }
 
-    async fn challenge_page(&self, session: &mut Session, ctx: &RequestCtx, error: Option<&str>) -> Result<bool> {
+    pub(crate) async fn challenge_page(&self, session: &mut Session, ctx: &RequestCtx, error: Option<&str>) -> Result<bool> {
         let Some(ticket) = self.pending_cookie_value(session) else {
             return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await;
         };
         match self.store.pending(&ticket).await {
-            Ok(Some(_)) => {}
+            Ok(Some(bytes)) => {
+                if serde_json::from_slice::<PendingLogin>(&bytes).is_ok_and(|p| p.enroll) {
+                    let enroll = format!("{}enroll", self.settings.gateway.prefix);
+                    return self.respond(session, 303, vec![("location", enroll)], "text/plain; charset=utf-8", String::new()).await;
+                }
+            }
             Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
             Err(e) => return self.unavailable(session, &e).await,
         }
@@ -194,13 +215,15 @@ impl Gateway {
         self.respond_page(session, status, Vec::new(), body).await
     }
 
-    async fn login_again(&self, session: &mut Session, ctx: &RequestCtx, message: &str) -> Result<bool> {
+    pub(crate) async fn login_again(&self, session: &mut Session, ctx: &RequestCtx, message: &str) -> Result<bool> {
         let login = self.settings.app.login_page.clone();
         let body = self.pages.message("Sign in again", message, true, Some((&login, "Sign in")));
         self.respond_page(session, 401, vec![("set-cookie", cookies::clear_pending_cookie(ctx.tls))], body).await
     }
 
-    async fn challenge_submit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// Checks a TOTP code (`backup` false) or a backup code for the pending
+    /// login and finishes it on success.
+    pub(crate) async fn challenge_submit(&self, session: &mut Session, ctx: &mut RequestCtx, backup: bool) -> Result<bool> {
         let Some(ticket) = self.pending_cookie_value(session) else {
             return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await;
         };
@@ -228,7 +251,7 @@ impl Gateway {
         if !csrf_ok {
             return self.bad_request(session, "The form expired. Go back, reload the page and try again.").await;
         }
-        let code = normalize_code(field("code").unwrap_or(""));
+        let code = if backup { field("backup_code").unwrap_or("").to_string() } else { normalize_code(field("code").unwrap_or("")) };
 
         let pending: PendingLogin = match self.store.pending(&ticket).await {
             Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
@@ -268,17 +291,22 @@ impl Gateway {
             return self.respond_page(session, 429, vec![("set-cookie", cookies::clear_pending_cookie(ctx.tls)), ("retry-after", wait.to_string())], body).await;
         }
 
-        let verified = match self.verify_totp(&user, &code).await {
+        let verified = if backup { self.verify_backup(&user, &code).await } else { self.verify_totp(&user, &code).await };
+        let verified = match verified {
             Ok(verified) => verified,
             Err(e) => return self.unavailable(session, &e).await,
         };
         if !verified {
-            tracing::info!(user = %user, address = %address, outcome = "code_rejected", "second factor rejected");
+            let message = if backup { BACKUP_REJECTED } else { CODE_REJECTED };
+            tracing::info!(user = %user, address = %address, outcome = if backup { "backup_code_rejected" } else { "code_rejected" }, "second factor rejected");
             if json {
-                let body = serde_json::json!({ "ok": false, "error": CODE_REJECTED }).to_string();
+                let body = serde_json::json!({ "ok": false, "error": message }).to_string();
                 return self.respond(session, 401, Vec::new(), "application/json", body).await;
             }
-            return self.challenge_page(session, ctx, Some(CODE_REJECTED)).await;
+            if backup {
+                return self.backup_challenge_page(session, ctx, Some(message)).await;
+            }
+            return self.challenge_page(session, ctx, Some(message)).await;
         }
         self.finish_login(session, ctx, &ticket, &address).await
     }
@@ -297,7 +325,7 @@ impl Gateway {
 
     /// Checks a TOTP code for `user` and marks its step used. A malformed
     /// code costs no HSM call and no Redis write.
-    async fn verify_totp(&self, user: &str, code: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn verify_totp(&self, user: &str, code: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         let Some(bytes) = self.store.record(user).await? else {
             return Ok(false);
         };
@@ -320,23 +348,48 @@ impl Gateway {
         }
     }
 
+    /// Checks a backup code for `user` and marks it used. A code of the
+    /// wrong shape costs no hashing.
+    pub(crate) async fn verify_backup(&self, user: &str, typed: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(code) = crate::backup::normalize(typed) else {
+            return Ok(false);
+        };
+        let Some(bytes) = self.store.record(user).await? else {
+            return Ok(false);
+        };
+        let vault = self.vault.clone();
+        let user_owned = user.to_string();
+        let entry = tokio::task::spawn_blocking(move || -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let record = EnrollmentRecord::open(&user_owned, &bytes, &vault)?;
+            Ok(crate::backup::find_match(&code, &record.backup_codes).cloned())
+        })
+        .await??;
+        match entry {
+            Some(entry) => Ok(self.store.consume_backup(user, &entry).await?),
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the pending login of `ticket`, decrypts its held cookies and
+    /// flags the application session as verified. Returns `None` when the
+    /// pending login is gone (finished by a concurrent request, or expired).
+    pub(crate) async fn release_login(&self, ticket: &str) -> std::result::Result<Option<(PendingLogin, Vec<String>)>, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(bytes) = self.store.take_pending(ticket).await? else {
+            return Ok(None);
+        };
+        let pending: PendingLogin = serde_json::from_slice(&bytes)?;
+        let held = self.open_cookies(ticket, &pending.sealed_cookies).await?;
+        self.flag_sessions(&held, &pending.user, "verified").await?;
+        Ok(Some((pending, held)))
+    }
+
     /// Releases the held cookies, flags the session and sends the member on.
-    async fn finish_login(&self, session: &mut Session, ctx: &RequestCtx, ticket: &str, address: &str) -> Result<bool> {
-        let pending: PendingLogin = match self.store.take_pending(ticket).await {
-            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                Ok(pending) => pending,
-                Err(_) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
-            },
+    pub(crate) async fn finish_login(&self, session: &mut Session, ctx: &RequestCtx, ticket: &str, address: &str) -> Result<bool> {
+        let (pending, held) = match self.release_login(ticket).await {
+            Ok(Some(released)) => released,
             Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        let held = match self.open_cookies(ticket, &pending.sealed_cookies).await {
-            Ok(held) => held,
-            Err(e) => return self.unavailable(session, &e).await,
-        };
-        if let Err(e) = self.flag_sessions(&held, &pending.user, "verified").await {
-            return self.unavailable(session, &e).await;
-        }
         tracing::info!(user = %pending.user, address = %address, outcome = "verified", "login completed with second factor");
 
         let mut headers: Vec<(&'static str, String)> = held.into_iter().map(|c| ("set-cookie", c)).collect();
@@ -349,7 +402,7 @@ impl Gateway {
         self.respond(session, 303, headers, "text/plain; charset=utf-8", String::new()).await
     }
 
-    async fn open_cookies(&self, ticket: &str, sealed: &str) -> std::result::Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn open_cookies(&self, ticket: &str, sealed: &str) -> std::result::Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
         let blob = data_encoding::BASE64.decode(sealed.as_bytes())?;
         let vault = self.vault.clone();
         let aad = format!("otpgate-pending\0{ticket}");
@@ -357,7 +410,7 @@ impl Gateway {
         Ok(serde_json::from_slice(&plain)?)
     }
 
-    async fn flag_sessions(&self, set_cookies: &[String], user: &str, state: &str) -> std::result::Result<(), StoreError> {
+    pub(crate) async fn flag_sessions(&self, set_cookies: &[String], user: &str, state: &str) -> std::result::Result<(), StoreError> {
         let flag = serde_json::to_vec(&SessionFlag { user: user.to_string(), state: state.to_string() }).expect("flag serialises");
         for header in set_cookies {
             if let Some(cookie) = cookies::parse_set_cookie(header) {
@@ -370,7 +423,7 @@ impl Gateway {
     }
 
     /// Holds the application's cookies back and sends the member to the challenge.
-    async fn hold_login(&self, user: &str, set_cookies: Vec<String>, target: String) -> std::result::Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn hold_login(&self, user: &str, set_cookies: Vec<String>, target: String, enroll: bool) -> std::result::Result<String, Box<dyn std::error::Error + Send + Sync>> {
         let ticket = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 32]>());
         let vault = self.vault.clone();
         let aad = format!("otpgate-pending\0{ticket}");
@@ -380,6 +433,7 @@ impl Gateway {
             user: user.to_string(),
             target,
             sealed_cookies: data_encoding::BASE64.encode(&sealed),
+            enroll,
         };
         self.store
             .put_pending(&ticket, &serde_json::to_vec(&pending)?, self.settings.gateway.pending_login_ttl_secs)
@@ -638,14 +692,8 @@ impl ProxyHttp for Gateway {
             Ok(record) => record,
             Err(e) => return self.replace_with_unavailable(response, ctx, &e),
         };
-        if record.is_none() {
-            if self.settings.app.policy == Policy::Required {
-                // TODO: send the member to enrollment once the enrollment
-                // pages exist; until then a required second factor that is
-                // missing stops the login.
-                tracing::warn!(user = %user, address = %address, outcome = "enrollment_required", "login stopped: policy requires 2FA and the member has none");
-                return self.replace_with_unavailable(response, ctx, &"two-factor enrollment required");
-            }
+        let enroll = record.is_none() && self.settings.app.policy == Policy::Required;
+        if record.is_none() && !enroll {
             if let Err(e) = self.flag_sessions(&set_cookies, &user, "no2fa").await {
                 return self.replace_with_unavailable(response, ctx, &e);
             }
@@ -659,13 +707,15 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .map(safe_target)
             .unwrap_or_else(|| "/".to_string());
-        let ticket = match self.hold_login(&user, set_cookies, target).await {
+        let ticket = match self.hold_login(&user, set_cookies, target, enroll).await {
             Ok(ticket) => ticket,
             Err(e) => return self.replace_with_unavailable(response, ctx, &e),
         };
-        tracing::info!(user = %user, address = %address, outcome = "second_factor_required", "password accepted; session held until the second factor");
+        let outcome = if enroll { "enrollment_required" } else { "second_factor_required" };
+        tracing::info!(user = %user, address = %address, outcome, "password accepted; session held until the second factor");
 
-        let challenge = format!("{}challenge", self.settings.gateway.prefix);
+        let page = if enroll { "enroll" } else { "challenge" };
+        let challenge = format!("{}{page}", self.settings.gateway.prefix);
         let pending = cookies::pending_cookie(&ticket, ctx.tls, self.settings.gateway.pending_login_ttl_secs);
         response.remove_header("set-cookie");
         response.remove_header("location");

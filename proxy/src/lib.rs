@@ -3,10 +3,14 @@
 //! enforcement, and the Redis store behind them.
 #![forbid(unsafe_code)]
 
+mod account;
+mod app_login;
+pub mod backup;
 pub mod client_ip;
 pub mod cookies;
 pub mod gateway;
 mod headers;
+pub mod otpauth;
 pub mod pages;
 pub mod path;
 pub mod record;

@@ -5,6 +5,9 @@ use minijinja::{context, Environment};
 /// Message shown when a code is rejected.
 pub const CODE_REJECTED: &str = "That code was not accepted. Check that your phone sets the date and time automatically; codes change every 30 seconds.";
 
+/// Message shown when a backup code is rejected.
+pub const BACKUP_REJECTED: &str = "That backup code was not accepted. Each code works once; check it against your saved list.";
+
 /// The compiled templates.
 pub struct Pages {
     env: Environment<'static>,
@@ -19,6 +22,10 @@ impl Pages {
         env.add_template("layout.html", include_str!("../templates/layout.html")).expect("layout template parses");
         env.add_template("challenge.html", include_str!("../templates/challenge.html")).expect("challenge template parses");
         env.add_template("message.html", include_str!("../templates/message.html")).expect("message template parses");
+        env.add_template("settings.html", include_str!("../templates/settings.html")).expect("settings template parses");
+        env.add_template("enroll.html", include_str!("../templates/enroll.html")).expect("enroll template parses");
+        env.add_template("backup_codes.html", include_str!("../templates/backup_codes.html")).expect("backup codes template parses");
+        env.add_template("backup_challenge.html", include_str!("../templates/backup_challenge.html")).expect("backup challenge template parses");
         Pages { env, product: product.to_string(), prefix: prefix.to_string() }
     }
 
@@ -36,6 +43,15 @@ impl Pages {
                 })
             })
             .expect("challenge template renders")
+    }
+
+    /// Renders `template` with the common values (title, product, prefix) added.
+    pub fn render(&self, template: &str, title: &str, values: minijinja::Value) -> String {
+        let common = context! { title => title, product => &self.product, prefix => &self.prefix };
+        self.env
+            .get_template(template)
+            .and_then(|t| t.render(context! { ..common, ..values }))
+            .unwrap_or_else(|e| panic!("template {template} renders: {e}"))
     }
 
     /// Renders a one-paragraph page with an optional link.

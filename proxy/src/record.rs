@@ -17,6 +17,9 @@ pub struct EnrollmentRecord {
     pub period: u64,
     /// Unix time of enrollment.
     pub created: u64,
+    /// Backup code entries (`hint:argon2id-hash`), see `backup`.
+    #[serde(default)]
+    pub backup_codes: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,7 +49,7 @@ fn mac_input(user: &str, record_json: &str) -> Vec<u8> {
 
 impl EnrollmentRecord {
     /// Builds a record for a sealed seed.
-    pub fn new(user: &str, sealed: &SealedSeed, params: &TotpParams, created: u64) -> Self {
+    pub fn new(user: &str, sealed: &SealedSeed, params: &TotpParams, created: u64, backup_codes: Vec<String>) -> Self {
         EnrollmentRecord {
             user: user.to_string(),
             sealed_seed: BASE64.encode(&sealed.to_bytes()),
@@ -54,6 +57,7 @@ impl EnrollmentRecord {
             digits: params.digits,
             period: params.period,
             created,
+            backup_codes,
         }
     }
 

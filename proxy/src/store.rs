@@ -134,12 +134,15 @@ impl Store {
         connection.get(self.member_key("record", user)).await.map_err(self.error())
     }
 
-    /// Writes a member's enrollment record bytes and clears the used step,
-    /// because a new seed starts a new sequence of codes.
+    /// Writes a member's enrollment record bytes, sets (or clears) the used
+    /// step, because a new seed starts a new sequence of codes, and forgets
+    /// which backup codes were used, because the record carries a new set.
     pub async fn put_record(&self, user: &str, record: &[u8], used_step: Option<u64>) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
-        pipe.atomic().set(self.member_key("record", user), record);
+        pipe.atomic()
+            .set(self.member_key("record", user), record)
+            .del(self.member_key("backup_used", user));
         match used_step {
             Some(step) => pipe.set(self.member_key("used", user), step),
             None => pipe.del(self.member_key("used", user)),
@@ -150,10 +153,12 @@ impl Store {
     /// Deletes a member's record and used step. Returns true if a record existed.
     pub async fn delete_record(&self, user: &str) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
-        let (deleted, _): (u32, u32) = redis::pipe()
+        let (deleted, _, _, _): (u32, u32, u32, u32) = redis::pipe()
             .atomic()
             .del(self.member_key("record", user))
             .del(self.member_key("used", user))
+            .del(self.member_key("backup_used", user))
+            .del(self.member_key("enroll", user))
             .query_async(&mut connection)
             .await
             .map_err(self.error())?;
@@ -178,6 +183,43 @@ impl Store {
             .await
             .map_err(self.error())?;
         Ok(accepted == 1)
+    }
+
+    /// Marks a backup code entry used. Returns false if it was used
+    /// already; `SADD` makes this single-use under concurrent submissions.
+    pub async fn consume_backup(&self, user: &str, entry: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let added: u32 = connection.sadd(self.member_key("backup_used", user), entry).await.map_err(self.error())?;
+        Ok(added == 1)
+    }
+
+    /// Returns how many backup code entries the member has used.
+    pub async fn backup_used_count(&self, user: &str) -> Result<usize, StoreError> {
+        let mut connection = self.connection.clone();
+        connection.scard(self.member_key("backup_used", user)).await.map_err(self.error())
+    }
+
+    /// Stores a member's enrollment in progress (seed not confirmed yet).
+    pub async fn put_enrollment(&self, user: &str, value: &[u8], ttl_secs: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection.set_ex(self.member_key("enroll", user), value, ttl_secs).await.map_err(self.error())
+    }
+
+    /// Reads a member's enrollment in progress.
+    pub async fn enrollment(&self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection.get(self.member_key("enroll", user)).await.map_err(self.error())
+    }
+
+    /// Removes and returns a member's enrollment in progress; only one
+    /// caller gets it.
+    pub async fn take_enrollment(&self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        self.take
+            .key(self.member_key("enroll", user))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(self.error())
     }
 
     /// Increments a rate-limit counter and returns the new count.

@@ -5,5 +5,6 @@
 //! All tests live in this one binary so that pingora is linked once.
 
 mod harness;
+mod gateway_enroll;
 mod gateway_login;
 mod hsm_vault;

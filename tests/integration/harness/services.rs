@@ -106,7 +106,8 @@ pub fn start_demo_app() -> (Process, u16) {
 }
 
 /// Writes a gateway configuration and returns its path.
-pub fn write_config(dir: &Path, gateway_port: u16, app_port: u16, redis_url: &str, token: &str, extra: &str) -> PathBuf {
+/// `app_keys` go into the `[app]` table; `extra` is appended as whole tables.
+pub fn write_config(dir: &Path, gateway_port: u16, app_port: u16, redis_url: &str, token: &str, app_keys: &str, extra: &str) -> PathBuf {
     let config = format!(
         r#"
 [listen]
@@ -118,6 +119,7 @@ address = "127.0.0.1:{app_port}"
 [app]
 session_cookie = "sessionid"
 public_paths = ["/", "/about", "/static/"]
+{app_keys}
 [[app.login]]
 path = "/login"
 body = "form"

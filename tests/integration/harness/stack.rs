@@ -25,11 +25,17 @@ pub struct Stack {
 impl Stack {
     /// Starts everything; `extra` is appended to the gateway configuration.
     pub fn start(extra: &str) -> Stack {
+        Stack::start_with("", extra)
+    }
+
+    /// Starts everything; `app_keys` are added to the `[app]` table and
+    /// `extra` is appended to the gateway configuration.
+    pub fn start_with(app_keys: &str, extra: &str) -> Stack {
         let hsm = SoftHsm::create(&[GATEWAY_TOKEN]);
         let redis = Redis::start(hsm.dir());
         let (app, app_port) = services::start_demo_app();
         let gateway_port = services::free_port();
-        let config = services::write_config(hsm.dir(), gateway_port, app_port, &redis.url(), GATEWAY_TOKEN, extra);
+        let config = services::write_config(hsm.dir(), gateway_port, app_port, &redis.url(), GATEWAY_TOKEN, app_keys, extra);
         let init = services::otpgate(&hsm, &["hsm", "init", "--config", config.to_str().unwrap()]);
         assert!(init.status.success(), "otpgate hsm init failed: {}", String::from_utf8_lossy(&init.stderr));
         let mut stack = Stack { hsm, redis, gateway_port, config, gateway: None, _app: app };
@@ -121,6 +127,31 @@ impl Browser {
             .unwrap()
     }
 
+    /// Returns the CSRF token of a gateway page.
+    pub async fn csrf(&self, path: &str) -> String {
+        let page = self.get(path).await.text().await.unwrap();
+        csrf_in(&page)
+    }
+
+    /// Posts a gateway form with its CSRF token taken from `page_path`.
+    pub async fn post_form(&self, page_path: &str, action: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let csrf = self.csrf(page_path).await;
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrf_token", &csrf));
+        self.client
+            .post(format!("{}{action}", self.base))
+            .header("accept", "text/html")
+            .form(&all)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits a backup code on the backup challenge page.
+    pub async fn submit_backup(&self, code: &str) -> reqwest::Response {
+        self.post_form("/_otpgate/challenge/backup", "/_otpgate/challenge/backup", &[("backup_code", code)]).await
+    }
+
     /// Submits a code on the challenge page.
     pub async fn submit_code(&self, code: &str) -> reqwest::Response {
         let page = self.get("/_otpgate/challenge").await.text().await.unwrap();
@@ -138,4 +169,22 @@ impl Browser {
             .await
             .unwrap()
     }
+}
+
+/// Extracts the `csrf_token` hidden field of an HTML page.
+pub fn csrf_in(page: &str) -> String {
+    page.split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Extracts the backup codes from the page that shows them.
+pub fn backup_codes_in(page: &str) -> Vec<String> {
+    page.split("<li><code>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</code>").next())
+        .map(str::to_string)
+        .collect()
 }
