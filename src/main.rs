@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use otpgate_config::{Algorithm, LogFormat, Settings};
 use otpgate_hsm::{Seed, TotpParams, UserId, Vault, VaultOptions};
+use otpgate_proxy::admin::Admin;
 use otpgate_proxy::{EnrollmentRecord, Gateway, Store};
 
 #[derive(Parser)]
@@ -257,7 +258,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let mut server = pingora::server::Server::new(None)?;
     server.bootstrap();
-    let gateway = Gateway::new(settings.clone(), vault, store);
+    let gateway = Gateway::new(settings.clone(), vault.clone(), store.clone());
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     if let Some(address) = &settings.listen.http {
         proxy.add_tcp(address);
@@ -266,7 +267,15 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         proxy.add_tls(&tls.address, &tls.cert.to_string_lossy(), &tls.key.to_string_lossy())?;
     }
     server.add_service(proxy);
-    tracing::info!(http = ?settings.listen.http, upstream = %settings.upstream.address, "otpgate starting");
-    // TODO: the admin listener (/healthz, /readyz, /metrics, admin API).
+    if let Some(address) = &settings.admin.listen {
+        let admin = Admin { store, vault, token: settings.admin.token()? };
+        let mut service = pingora::services::listening::Service::new(
+            "otpgate admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(admin),
+        );
+        service.add_tcp(address);
+        server.add_service(service);
+    }
+    tracing::info!(http = ?settings.listen.http, admin = ?settings.admin.listen, upstream = %settings.upstream.address, "otpgate starting");
     server.run_forever();
 }

@@ -169,6 +169,7 @@ impl Gateway {
             .count(&crate::store::RateKey::PasswordUser(user), limits.password_per_user.window_secs)
             .await?;
         if count > u64::from(limits.password_per_user.limit) {
+            crate::metrics::outcome("password_rate_limited");
             tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "password re-check refused: too many attempts");
             return Ok(false);
         }
@@ -192,6 +193,7 @@ impl Gateway {
         match self.password_ok(&user, field(&fields, "password"), &address).await {
             Ok(true) => {}
             Ok(false) => {
+                crate::metrics::outcome("password_rejected");
                 tracing::info!(user = %user, address = %address, outcome = "password_rejected", "enrollment refused: password not accepted");
                 return self.settings_page(session, ctx, Some("The password was not accepted.")).await;
             }
@@ -244,6 +246,7 @@ impl Gateway {
         if let Err(e) = self.store.put_enrollment(&user, &bytes, ENROLLMENT_TTL_SECS).await {
             return self.unavailable(session, &e).await;
         }
+        crate::metrics::outcome("enrollment_started");
         tracing::info!(user = %user, outcome = "enrollment_started", "enrollment started");
         self.show_enrollment(session, member, &bytes, error).await
     }
@@ -346,9 +349,11 @@ impl Gateway {
             Err(e) => return self.unavailable(session, &e).await,
         };
         let Some(codes) = confirmed else {
+            crate::metrics::outcome("enrollment_code_rejected");
             tracing::info!(user = %user, address = %address, outcome = "enrollment_code_rejected", "enrollment code rejected");
             return self.show_enrollment(session, &member, &bytes, Some(CODE_REJECTED)).await;
         };
+        crate::metrics::outcome("enrolled");
         tracing::info!(user = %user, address = %address, outcome = "enrolled", "two-factor authentication activated");
 
         let mut headers = Vec::new();
@@ -478,6 +483,7 @@ impl Gateway {
         if let Err(e) = self.store.put_record(&user, &record_bytes, used).await {
             return self.unavailable(session, &e).await;
         }
+        crate::metrics::outcome("backup_codes_regenerated");
         tracing::info!(user = %user, address = %address, outcome = "backup_codes_regenerated", "backup codes regenerated");
         let finish = format!("{}settings", self.settings.gateway.prefix);
         self.show_backup_codes(session, Vec::new(), &codes, &finish).await
@@ -521,6 +527,7 @@ impl Gateway {
                 return self.unavailable(session, &e).await;
             }
         }
+        crate::metrics::outcome("disabled");
         tracing::info!(user = %user, address = %address, outcome = "disabled", "two-factor authentication disabled by the member");
         let settings = format!("{}settings", self.settings.gateway.prefix);
         let body = self.pages.message("Two-factor authentication is off", "Two-factor authentication is now off for your account.", false, Some((&settings, "Back to settings")));

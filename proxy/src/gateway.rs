@@ -283,6 +283,7 @@ impl Gateway {
                 return self.unavailable(session, &e).await;
             }
             let wait = self.lockout_wait(user_over.then_some(user.as_str()), address_over.then_some(address.as_str())).await;
+            crate::metrics::outcome("locked_out");
             tracing::warn!(user = %user, address = %address, outcome = "locked_out", "second factor rejected: too many attempts");
             let minutes = wait.div_ceil(60).max(1);
             let message = format!("Too many attempts. Wait {minutes} minute{} before signing in again.", if minutes == 1 { "" } else { "s" });
@@ -298,6 +299,7 @@ impl Gateway {
         };
         if !verified {
             let message = if backup { BACKUP_REJECTED } else { CODE_REJECTED };
+            crate::metrics::outcome(if backup { "backup_code_rejected" } else { "code_rejected" });
             tracing::info!(user = %user, address = %address, outcome = if backup { "backup_code_rejected" } else { "code_rejected" }, "second factor rejected");
             if json {
                 let body = serde_json::json!({ "ok": false, "error": message }).to_string();
@@ -390,6 +392,7 @@ impl Gateway {
             Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
             Err(e) => return self.unavailable(session, &e).await,
         };
+        crate::metrics::outcome("verified");
         tracing::info!(user = %pending.user, address = %address, outcome = "verified", "login completed with second factor");
 
         let mut headers: Vec<(&'static str, String)> = held.into_iter().map(|c| ("set-cookie", c)).collect();
@@ -549,6 +552,7 @@ impl ProxyHttp for Gateway {
                 Err(e) => return self.unavailable(session, &e).await,
             };
             if per_user > u64::from(limits.password_per_user.limit) || per_address > u64::from(limits.password_per_address.limit) {
+                crate::metrics::outcome("password_rate_limited");
                 tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "login rejected: too many password attempts");
                 let body = self.pages.message("Too many attempts", "Too many sign-in attempts. Wait 15 minutes and try again.", true, None);
                 return self.respond_page(session, 429, Vec::new(), body).await;
@@ -601,6 +605,7 @@ impl ProxyHttp for Gateway {
                             return self.unavailable(session, &e).await;
                         }
                     }
+                    crate::metrics::outcome("logout");
                     tracing::info!(user = %user, outcome = "logout", "session flag removed");
                 }
                 ctx.identity = Some(user);
@@ -617,6 +622,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             None => {
+                crate::metrics::outcome("unverified_session");
                 tracing::info!(address = %ctx.client.map(|ip| ip.to_string()).unwrap_or_default(), outcome = "unverified_session", "request with an unverified session cookie stopped");
                 let clear = ("set-cookie", cookies::clear_cookie(&session_cookie));
                 if method == "GET" && Self::is_html(session) {
@@ -683,6 +689,7 @@ impl ProxyHttp for Gateway {
             .any(|c: SetCookie| c.name == self.settings.app.session_cookie && !c.deletes);
         let accepted = route.success_status.contains(&response.status.as_u16()) && session_set;
         if !accepted {
+            crate::metrics::outcome("password_rejected");
             tracing::info!(user = %user, address = %address, outcome = "password_rejected", "login rejected by the application");
             return Ok(());
         }
@@ -697,6 +704,7 @@ impl ProxyHttp for Gateway {
             if let Err(e) = self.flag_sessions(&set_cookies, &user, "no2fa").await {
                 return self.replace_with_unavailable(response, ctx, &e);
             }
+            crate::metrics::outcome("no_second_factor");
             tracing::info!(user = %user, address = %address, outcome = "no_second_factor", "login passed through: member has no 2FA");
             return Ok(());
         }
@@ -712,6 +720,7 @@ impl ProxyHttp for Gateway {
             Err(e) => return self.replace_with_unavailable(response, ctx, &e),
         };
         let outcome = if enroll { "enrollment_required" } else { "second_factor_required" };
+        crate::metrics::outcome(outcome);
         tracing::info!(user = %user, address = %address, outcome, "password accepted; session held until the second factor");
 
         let page = if enroll { "enroll" } else { "challenge" };

@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod account;
+pub mod admin;
 mod app_login;
 pub mod backup;
 pub mod client_ip;
 pub mod cookies;
 pub mod gateway;
 mod headers;
+pub mod metrics;
 pub mod otpauth;
 pub mod pages;
 pub mod path;

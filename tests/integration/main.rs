@@ -5,6 +5,7 @@
 //! All tests live in this one binary so that pingora is linked once.
 
 mod harness;
+mod admin;
 mod gateway_enroll;
 mod gateway_login;
 mod hsm_vault;

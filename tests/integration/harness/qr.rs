@@ -9,7 +9,7 @@ pub fn decode_png(png_bytes: &[u8]) -> String {
     let channels = info.color_type.samples();
     let (width, height) = (info.width as usize, info.height as usize);
     let luma = |x: usize, y: usize| buffer[(y * width + x) * channels];
-    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| luma(x, y));
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, luma);
     let grids = image.detect_grids();
     assert_eq!(grids.len(), 1, "expected one QR code in the image");
     let (_meta, content) = grids[0].decode().unwrap();

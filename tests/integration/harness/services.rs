@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::softhsm::{SoftHsm, MODULE, USER_PIN};
 
+/// Bearer token of the admin API in test deployments.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// Returns a port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -107,7 +110,8 @@ pub fn start_demo_app() -> (Process, u16) {
 
 /// Writes a gateway configuration and returns its path.
 /// `app_keys` go into the `[app]` table; `extra` is appended as whole tables.
-pub fn write_config(dir: &Path, gateway_port: u16, app_port: u16, redis_url: &str, token: &str, app_keys: &str, extra: &str) -> PathBuf {
+pub fn write_config(dir: &Path, ports: (u16, u16, u16), redis_url: &str, token: &str, app_keys: &str, extra: &str) -> PathBuf {
+    let (gateway_port, app_port, admin_port) = ports;
     let config = format!(
         r#"
 [listen]
@@ -139,10 +143,10 @@ pin_env = "OTPGATE_TEST_HSM_PIN"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+token_env = "OTPGATE_TEST_ADMIN_TOKEN"
 
 {extra}
-"#,
-        admin_port = free_port(),
+"#
     );
     let path = dir.join("otpgate.toml");
     std::fs::write(&path, config).unwrap();
@@ -155,6 +159,7 @@ pub fn otpgate(hsm: &SoftHsm, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("SOFTHSM2_CONF", hsm.conf())
         .env("OTPGATE_TEST_HSM_PIN", USER_PIN)
+        .env("OTPGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap()
 }
@@ -168,6 +173,7 @@ pub fn start_gateway(hsm: &SoftHsm, config: &Path, port: u16) -> Process {
         .arg(config)
         .env("SOFTHSM2_CONF", hsm.conf())
         .env("OTPGATE_TEST_HSM_PIN", USER_PIN)
+        .env("OTPGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -17,6 +17,7 @@ pub struct Stack {
     pub hsm: SoftHsm,
     pub redis: Redis,
     pub gateway_port: u16,
+    pub admin_port: u16,
     pub config: PathBuf,
     gateway: Option<Process>,
     _app: Process,
@@ -35,10 +36,11 @@ impl Stack {
         let redis = Redis::start(hsm.dir());
         let (app, app_port) = services::start_demo_app();
         let gateway_port = services::free_port();
-        let config = services::write_config(hsm.dir(), gateway_port, app_port, &redis.url(), GATEWAY_TOKEN, app_keys, extra);
+        let admin_port = services::free_port();
+        let config = services::write_config(hsm.dir(), (gateway_port, app_port, admin_port), &redis.url(), GATEWAY_TOKEN, app_keys, extra);
         let init = services::otpgate(&hsm, &["hsm", "init", "--config", config.to_str().unwrap()]);
         assert!(init.status.success(), "otpgate hsm init failed: {}", String::from_utf8_lossy(&init.stderr));
-        let mut stack = Stack { hsm, redis, gateway_port, config, gateway: None, _app: app };
+        let mut stack = Stack { hsm, redis, gateway_port, admin_port, config, gateway: None, _app: app };
         stack.start_gateway();
         stack
     }
@@ -47,6 +49,11 @@ impl Stack {
     pub fn start_gateway(&mut self) {
         self.gateway = None;
         self.gateway = Some(services::start_gateway(&self.hsm, &self.config, self.gateway_port));
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
     /// The gateway's base URL.
