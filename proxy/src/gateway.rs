@@ -328,9 +328,15 @@ impl Gateway {
     /// Checks a TOTP code for `user` and marks its step used. A malformed
     /// code costs no HSM call and no Redis write.
     pub(crate) async fn verify_totp(&self, user: &str, code: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        // Codes are 6 or 8 digits; anything else is rejected before the
+        // record (whose MAC check is an HSM call) is even read.
+        if !otpgate_hsm::is_well_formed(code, 6) && !otpgate_hsm::is_well_formed(code, 8) {
+            return Ok(false);
+        }
         let Some(bytes) = self.store.record(user).await? else {
             return Ok(false);
         };
+        crate::metrics::HSM_OPERATIONS.with_label_values(&["totp_verify"]).inc();
         let used = self.store.used_step(user).await?;
         let vault = self.vault.clone();
         let window = self.settings.totp.window;

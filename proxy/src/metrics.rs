@@ -11,6 +11,12 @@ pub static OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// HSM operations by kind (`totp_verify`), to show which requests reach the token.
+pub static HSM_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("otpgate_hsm_operations_total", "TOTP verifications sent to the HSM", &["operation"])
+        .expect("metric registers once")
+});
+
 /// Counts one outcome.
 pub fn outcome(name: &str) {
     OUTCOMES.with_label_values(&[name]).inc();

@@ -8,4 +8,5 @@ mod harness;
 mod admin;
 mod gateway_enroll;
 mod gateway_login;
+mod hostile;
 mod hsm_vault;

@@ -163,7 +163,9 @@ async fn submit_login(
     };
 
     let session_id = state.create_session(user);
-    let location = next.unwrap_or_else(|| DEFAULT_LANDING_PAGE.to_owned());
+    let location = unchecked_next(&uri)
+        .or(next)
+        .unwrap_or_else(|| DEFAULT_LANDING_PAGE.to_owned());
     // The second cookie deletes `last_login`, so clients and gateways see a
     // Max-Age=0 cookie next to the new session cookie, in this order.
     let cookies = AppendHeaders([
@@ -318,6 +320,19 @@ fn next_target(uri: &Uri) -> Option<String> {
 
     let Query(query) = Query::<NextQuery>::try_from_uri(uri).ok()?;
     query.next.filter(|target| is_local_path(target))
+}
+
+/// Returns the `next_unchecked` query parameter as it is. Like many legacy
+/// applications, the demo app has this open redirect on purpose, so tests
+/// can show that the gateway replaces unsafe redirect targets.
+fn unchecked_next(uri: &Uri) -> Option<String> {
+    #[derive(Deserialize)]
+    struct UncheckedQuery {
+        next_unchecked: Option<String>,
+    }
+
+    let Query(query) = Query::<UncheckedQuery>::try_from_uri(uri).ok()?;
+    query.next_unchecked
 }
 
 /// Returns the login form's action URL, which keeps `next` for the POST.

@@ -9,11 +9,16 @@ pub fn decode_png(png_bytes: &[u8]) -> String {
     let channels = info.color_type.samples();
     let (width, height) = (info.width as usize, info.height as usize);
     let luma = |x: usize, y: usize| buffer[(y * width + x) * channels];
-    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, luma);
-    let grids = image.detect_grids();
-    assert_eq!(grids.len(), 1, "expected one QR code in the image");
-    let (_meta, content) = grids[0].decode().unwrap();
-    content
+    // rqrr's finder-pattern search misses a code now and then at one
+    // scale, so a second try samples every other pixel.
+    for step in [1, 2, 3] {
+        let mut image = rqrr::PreparedImage::prepare_from_greyscale(width / step, height / step, |x, y| luma(x * step, y * step));
+        let decoded: Vec<String> = image.detect_grids().iter().filter_map(|grid| grid.decode().ok()).map(|(_, text)| text).collect();
+        if let [text] = decoded.as_slice() {
+            return text.clone();
+        }
+    }
+    panic!("no single QR code found in the {width}x{height} image");
 }
 
 /// Returns the query parameter `name` of an otpauth URI, percent-decoded.
