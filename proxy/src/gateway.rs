@@ -67,6 +67,8 @@ pub struct RequestCtx {
     rewritten_path: Option<String>,
     /// A replacement for the upstream response body.
     replacement_body: Option<Bytes>,
+    /// The HTML response gets the settings link; its body is collected here.
+    inject: Option<Vec<u8>>,
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -679,6 +681,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         let Some(route) = ctx.login.clone() else {
+            if self.settings.app.inject_settings_link && ctx.identity.is_some() && crate::inject::applies(response) {
+                response.remove_header("content-length");
+                response.remove_header("etag");
+                ctx.inject = Some(Vec::new());
+            }
             return Ok(());
         };
         let user = ctx.login_user.clone().unwrap_or_default();
@@ -754,8 +761,19 @@ impl ProxyHttp for Gateway {
     }
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
-        if ctx.replacement_body.is_some() || (ctx.login.is_some() && ctx.login_user.is_none()) {
+        if ctx.replacement_body.is_some() {
             *body = if end_of_stream { ctx.replacement_body.take() } else { None };
+            return Ok(None);
+        }
+        if let Some(collected) = ctx.inject.as_mut() {
+            if let Some(chunk) = body.take() {
+                collected.extend_from_slice(&chunk);
+            }
+            if end_of_stream {
+                let link = format!("{}settings", self.settings.gateway.prefix);
+                *body = Some(Bytes::from(crate::inject::insert_link(std::mem::take(collected), &link)));
+                ctx.inject = None;
+            }
         }
         Ok(None)
     }

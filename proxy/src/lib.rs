@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod cookies;
 pub mod gateway;
 mod headers;
+mod inject;
 pub mod metrics;
 pub mod otpauth;
 pub mod pages;

@@ -207,3 +207,19 @@ async fn required_policy_enrolls_before_anything() {
     assert!(browser.has_cookie("sessionid"), "the held session was not released after enrollment");
     assert_eq!(browser.get("/dashboard").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_link_injected_only_when_configured() {
+    let plain = Stack::start("");
+    let browser = plain.browser();
+    browser.login("bob", "builder-42").await;
+    let page = browser.get("/dashboard").await.text().await.unwrap();
+    assert!(!page.contains("/_otpgate/settings"), "the link appeared although injection is off");
+
+    let injecting = Stack::start_with("inject_settings_link = true", "");
+    let browser = injecting.browser();
+    browser.login("bob", "builder-42").await;
+    let page = browser.get("/dashboard").await.text().await.unwrap();
+    assert!(page.contains("<a href=\"/_otpgate/settings\">Two-Factor Authentication settings</a>"), "{page}");
+    assert!(page.contains("Welcome, bob"), "{page}");
+}

@@ -8,5 +8,6 @@ mod harness;
 mod admin;
 mod gateway_enroll;
 mod gateway_login;
+mod gateway_tls;
 mod hostile;
 mod hsm_vault;
