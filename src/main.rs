@@ -103,7 +103,8 @@ fn init_logging(settings: &Settings) {
             // ERROR level while listing the token's mechanisms.
             tracing_subscriber::EnvFilter::new(format!("{},cryptoki::mechanism=off", settings.log.level))
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match settings.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),

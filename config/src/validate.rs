@@ -8,10 +8,9 @@ use crate::{
     RateLimitSettings, RedisSettings, SecretSource, Settings, TotpSettings, UpstreamSettings,
 };
 
-/// Largest accepted `app.max_login_body_bytes`: the gateway reads a login
-/// body before forwarding it, and pingora 0.9 replays at most 64 KiB of a
-/// body read that way.
-const MAX_LOGIN_BODY_LIMIT: usize = 64 * 1024;
+/// Largest accepted `app.max_login_body_bytes`: the gateway holds a login
+/// body in memory while it forwards it, and login forms are small.
+const MAX_LOGIN_BODY_LIMIT: usize = 1024 * 1024;
 
 pub(crate) fn settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     listen(&raw.listen)?;
@@ -138,7 +137,7 @@ fn app(app: &AppSettings) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "app.max_login_body_bytes",
             format!("{} is outside 1..={MAX_LOGIN_BODY_LIMIT}", app.max_login_body_bytes),
-            "login forms are small; 65536 (the maximum) fits almost every application",
+            "login forms are small; the default 65536 fits almost every application",
         ));
     }
     if app.issuer.trim().is_empty() {

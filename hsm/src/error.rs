@@ -67,6 +67,26 @@ impl HsmError {
         move |source| HsmError::Pkcs11 { operation, source }
     }
 
+    /// Reports whether the token itself is unavailable (removed, its keys
+    /// gone, the library reset), which a new session alone does not fix.
+    pub(crate) fn is_token_gone(&self) -> bool {
+        match self {
+            HsmError::KeyMissing { .. } | HsmError::TokenNotFound { .. } => true,
+            HsmError::Pkcs11 {
+                source: CryptokiError::Pkcs11(rv, _),
+                ..
+            } => matches!(
+                rv,
+                RvError::TokenNotPresent
+                    | RvError::DeviceRemoved
+                    | RvError::SlotIdInvalid
+                    | RvError::CryptokiNotInitialized
+                    | RvError::DeviceError
+            ),
+            _ => false,
+        }
+    }
+
     /// Reports whether the session that ran the operation may no longer be
     /// usable, so the operation should be retried on a fresh session.
     /// SoftHSM 2.6 answers `CKR_GENERAL_ERROR` to an operation whose

@@ -1,7 +1,10 @@
 //! The vault: seeds sealed and used inside the token.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags};
 
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
@@ -74,22 +77,35 @@ const GCM_TAG_BITS: u64 = 128;
 /// every call blocks on the token, so async callers run it on a blocking
 /// thread.
 pub struct Vault {
-    pool: SessionPool,
+    pool: RwLock<Arc<SessionPool>>,
+    /// Held for reading during every operation and for writing while the
+    /// library is re-initialised: SoftHSM crashes if C_Finalize runs while
+    /// another thread is inside a call.
+    gate: RwLock<()>,
+    last_recovery: Mutex<Option<Instant>>,
+    options: VaultOptions,
+    pin: Secret,
     mode: KeyMode,
     label: String,
     keys: Mutex<KeyCache>,
 }
+
+/// Shortest time between two re-initialisations of the PKCS#11 library,
+/// so a token that stays away is not hammered.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Vault {
     /// Loads the module, finds the token by label and logs in `pool_size`
     /// sessions with `pin`.
     pub fn open(options: &VaultOptions, pin: &Secret) -> Result<Vault, HsmError> {
         let context = context::shared(&options.module)?;
-        let slot = find_slot(&context, &options.token_label)?;
-        let pin = AuthPin::new(pin.expose().into());
-        let pool = SessionPool::open(context, slot, options.token_label.clone(), pin, options.pool_size.max(1))?;
+        let pool = open_pool(context, options, pin)?;
         Ok(Vault {
-            pool,
+            pool: RwLock::new(Arc::new(pool)),
+            gate: RwLock::new(()),
+            last_recovery: Mutex::new(None),
+            options: options.clone(),
+            pin: pin.clone(),
             mode: options.key_mode,
             label: options.token_label.clone(),
             keys: Mutex::new(KeyCache::default()),
@@ -103,7 +119,11 @@ impl Vault {
 
     /// The slot that holds the token (slot ids change between SoftHSM runs).
     pub fn slot_id(&self) -> u64 {
-        self.pool.slot().id()
+        self.current_pool().slot().id()
+    }
+
+    fn current_pool(&self) -> Arc<SessionPool> {
+        self.pool.read().expect("vault pool lock").clone()
     }
 
     /// Returns the PKCS#11 handles of the pool's sessions, for diagnostics
@@ -111,14 +131,60 @@ impl Vault {
     // CK_SESSION_HANDLE is u64 on Linux but u32 on Windows.
     #[allow(clippy::useless_conversion)]
     pub fn session_handles(&self) -> Vec<u64> {
-        self.pool.handles().into_iter().map(u64::from).collect()
+        self.current_pool().handles().into_iter().map(u64::from).collect()
     }
 
+    /// Runs `operation` on a pooled session. When the token has gone away
+    /// (removed, or its objects vanished), the PKCS#11 library is
+    /// re-initialised, the pool reopened, and `operation` runs once more,
+    /// so the vault recovers by itself when the token returns.
     fn run<T>(&self, mut operation: impl FnMut(&Session, &Self) -> Result<T, HsmError>) -> Result<T, HsmError> {
-        self.pool.with_session(
+        let result = self.run_once(&mut operation);
+        match result {
+            Err(err) if err.is_token_gone() => {
+                tracing::warn!(error = %err, token = %self.label, "HSM token unavailable; re-initialising the PKCS#11 library");
+                self.recover()?;
+                self.run_once(&mut operation)
+            }
+            other => other,
+        }
+    }
+
+    fn run_once<T>(&self, operation: &mut impl FnMut(&Session, &Self) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        let _gate = self.gate.read().expect("vault gate lock");
+        let pool = self.current_pool();
+        pool.with_session(
             |session| operation(session, self),
             || *self.keys.lock().expect("key cache lock") = KeyCache::default(),
         )
+    }
+
+    /// Finalises and re-initialises the library and opens a new pool.
+    /// Waits for operations in flight; does nothing when another thread
+    /// recovered less than a second ago.
+    fn recover(&self) -> Result<(), HsmError> {
+        let _gate = self.gate.write().expect("vault gate lock");
+        let mut last = self.last_recovery.lock().expect("recovery lock");
+        if last.is_some_and(|at| at.elapsed() < RECOVERY_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let context = self.current_pool().context();
+        let _ = context.clone().finalize();
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(source) => {
+                return Err(HsmError::Module {
+                    module: self.options.module.display().to_string(),
+                    source,
+                })
+            }
+        }
+        let pool = open_pool(context, &self.options, &self.pin)?;
+        *self.pool.write().expect("vault pool lock") = Arc::new(pool);
+        *self.keys.lock().expect("key cache lock") = KeyCache::default();
+        tracing::info!(token = %self.label, "HSM token available again");
+        Ok(())
     }
 
     fn key(&self, session: &Session, role: KeyRole) -> Result<ObjectHandle, HsmError> {
@@ -159,12 +225,16 @@ impl Vault {
 
     /// Lists the keys and checks that every required mechanism is present.
     pub fn status(&self) -> Result<HsmStatus, HsmError> {
-        let context = context_of(self)?;
-        let slot = Slot::try_from(self.slot_id()).map_err(HsmError::pkcs11("slot id"))?;
-        let info = context.get_token_info(slot).map_err(HsmError::pkcs11("C_GetTokenInfo"))?;
-        let mechanisms = context
-            .get_mechanism_list(slot)
-            .map_err(HsmError::pkcs11("C_GetMechanismList"))?;
+        let (info, mechanisms) = {
+            let _gate = self.gate.read().expect("vault gate lock");
+            let context = context_of(self)?;
+            let slot = Slot::try_from(self.slot_id()).map_err(HsmError::pkcs11("slot id"))?;
+            let info = context.get_token_info(slot).map_err(HsmError::pkcs11("C_GetTokenInfo"))?;
+            let mechanisms = context
+                .get_mechanism_list(slot)
+                .map_err(HsmError::pkcs11("C_GetMechanismList"))?;
+            (info, mechanisms)
+        };
         let missing_mechanisms = keys::REQUIRED_MECHANISMS
             .iter()
             .filter(|(mechanism, _)| !mechanisms.contains(mechanism))
@@ -410,7 +480,14 @@ impl Vault {
 }
 
 fn context_of(vault: &Vault) -> Result<cryptoki::context::Pkcs11, HsmError> {
-    Ok(vault.pool.context())
+    Ok(vault.current_pool().context())
+}
+
+/// Finds the token by label and opens a logged-in pool on it.
+fn open_pool(context: cryptoki::context::Pkcs11, options: &VaultOptions, pin: &Secret) -> Result<SessionPool, HsmError> {
+    let slot = find_slot(&context, &options.token_label)?;
+    let pin = AuthPin::new(pin.expose().into());
+    SessionPool::open(context, slot, options.token_label.clone(), pin, options.pool_size.max(1))
 }
 
 /// Finds the slot whose token has `label`. Slot numbers are not stable in

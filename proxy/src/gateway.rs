@@ -7,13 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use otpgate_config::{BodyFormat, LoginRoute, Policy, Settings};
+use otpgate_config::{BodyFormat, LoginRoute, Settings};
 use otpgate_hsm::{TimeStep, Vault};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cookies::{self, SetCookie};
+use crate::cookies;
 use crate::pages::{Pages, BACKUP_REJECTED, CODE_REJECTED};
 use crate::record::EnrollmentRecord;
 use crate::store::{RateKey, Store, StoreError};
@@ -60,13 +60,8 @@ pub(crate) struct SessionFlag {
 pub struct RequestCtx {
     pub(crate) client: Option<IpAddr>,
     pub(crate) tls: bool,
-    login: Option<LoginRoute>,
-    login_body: Option<Bytes>,
-    login_user: Option<String>,
-    identity: Option<String>,
-    rewritten_path: Option<String>,
-    /// A replacement for the upstream response body.
-    replacement_body: Option<Bytes>,
+    pub(crate) identity: Option<String>,
+    pub(crate) rewritten_path: Option<String>,
     /// The HTML response gets the settings link; its body is collected here.
     inject: Option<Vec<u8>>,
 }
@@ -460,7 +455,7 @@ pub fn normalize_code(input: &str) -> String {
     input.chars().filter(|c| *c != ' ' && *c != '\t').collect()
 }
 
-fn username_from(route: &LoginRoute, body: &[u8]) -> Option<String> {
+pub(crate) fn username_from(route: &LoginRoute, body: &[u8]) -> Option<String> {
     match route.body {
         BodyFormat::Form => form_urlencoded::parse(body)
             .find(|(key, _)| key == route.username_field.as_str())
@@ -540,10 +535,6 @@ impl ProxyHttp for Gateway {
             if declared.is_some_and(|len| len > limit) {
                 return self.respond_page(session, 413, vec![("connection", "close".into())], too_large).await;
             }
-            // pingora replays the buffered body to the upstream after a
-            // body was read in this phase; its buffer holds 64 KiB, which is
-            // why app.max_login_body_bytes is capped at that size.
-            session.as_mut().enable_retry_buffering();
             let Some(body) = self.read_body(session, limit).await? else {
                 return self.respond_page(session, 413, vec![("connection", "close".into())], too_large).await;
             };
@@ -565,10 +556,8 @@ impl ProxyHttp for Gateway {
                 let body = self.pages.message("Too many attempts", "Too many sign-in attempts. Wait 15 minutes and try again.", true, None);
                 return self.respond_page(session, 429, Vec::new(), body).await;
             }
-            ctx.login = Some(route.clone());
-            ctx.login_body = Some(body);
-            ctx.login_user = Some(user);
-            return Ok(false);
+            let route = route.clone();
+            return self.proxy_login(session, ctx, &route, &user, body).await;
         }
 
         // Session enforcement.
@@ -644,15 +633,6 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
-        // The login body was read in full in request_filter; it is sent
-        // once, byte for byte, and whatever pingora still holds is dropped.
-        if ctx.login.is_some() {
-            *body = ctx.login_body.take();
-        }
-        Ok(())
-    }
-
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let upstream = &self.settings.upstream;
         Ok(Box::new(HttpPeer::new(upstream.address.as_str(), upstream.tls, upstream.sni.clone())))
@@ -680,91 +660,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(route) = ctx.login.clone() else {
-            if self.settings.app.inject_settings_link && ctx.identity.is_some() && crate::inject::applies(response) {
-                response.remove_header("content-length");
-                response.remove_header("etag");
-                ctx.inject = Some(Vec::new());
-            }
-            return Ok(());
-        };
-        let user = ctx.login_user.clone().unwrap_or_default();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
-        let set_cookies: Vec<String> = response
-            .headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let session_set = set_cookies
-            .iter()
-            .filter_map(|h| cookies::parse_set_cookie(h))
-            .any(|c: SetCookie| c.name == self.settings.app.session_cookie && !c.deletes);
-        let accepted = route.success_status.contains(&response.status.as_u16()) && session_set;
-        if !accepted {
-            crate::metrics::outcome("password_rejected");
-            tracing::info!(user = %user, address = %address, outcome = "password_rejected", "login rejected by the application");
-            return Ok(());
+        if self.settings.app.inject_settings_link && ctx.identity.is_some() && crate::inject::applies(response) {
+            response.remove_header("content-length");
+            response.remove_header("etag");
+            ctx.inject = Some(Vec::new());
         }
-
-        let json = route.body == BodyFormat::Json;
-        let record = match self.store.record(&user).await {
-            Ok(record) => record,
-            Err(e) => return self.replace_with_unavailable(response, ctx, &e),
-        };
-        let enroll = record.is_none() && self.settings.app.policy == Policy::Required;
-        if record.is_none() && !enroll {
-            if let Err(e) = self.flag_sessions(&set_cookies, &user, "no2fa").await {
-                return self.replace_with_unavailable(response, ctx, &e);
-            }
-            crate::metrics::outcome("no_second_factor");
-            tracing::info!(user = %user, address = %address, outcome = "no_second_factor", "login passed through: member has no 2FA");
-            return Ok(());
-        }
-
-        let target = response
-            .headers
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(safe_target)
-            .unwrap_or_else(|| "/".to_string());
-        let ticket = match self.hold_login(&user, set_cookies, target, enroll).await {
-            Ok(ticket) => ticket,
-            Err(e) => return self.replace_with_unavailable(response, ctx, &e),
-        };
-        let outcome = if enroll { "enrollment_required" } else { "second_factor_required" };
-        crate::metrics::outcome(outcome);
-        tracing::info!(user = %user, address = %address, outcome, "password accepted; session held until the second factor");
-
-        let page = if enroll { "enroll" } else { "challenge" };
-        let challenge = format!("{}{page}", self.settings.gateway.prefix);
-        let pending = cookies::pending_cookie(&ticket, ctx.tls, self.settings.gateway.pending_login_ttl_secs);
-        response.remove_header("set-cookie");
-        response.remove_header("location");
-        response.remove_header("content-length");
-        response.remove_header("transfer-encoding");
-        response.append_header("set-cookie", pending)?;
-        response.insert_header("cache-control", "no-store")?;
-        let body = if json {
-            response.set_status(401)?;
-            response.insert_header("content-type", "application/json")?;
-            serde_json::json!({ "second_factor_required": true, "challenge": challenge }).to_string()
-        } else {
-            response.set_status(303)?;
-            response.insert_header("location", challenge.as_str())?;
-            response.insert_header("content-type", "text/plain; charset=utf-8")?;
-            String::new()
-        };
-        response.insert_header("content-length", body.len().to_string())?;
-        ctx.replacement_body = Some(Bytes::from(body));
         Ok(())
     }
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
-        if ctx.replacement_body.is_some() {
-            *body = if end_of_stream { ctx.replacement_body.take() } else { None };
-            return Ok(None);
-        }
         if let Some(collected) = ctx.inject.as_mut() {
             if let Some(chunk) = body.take() {
                 collected.extend_from_slice(&chunk);
@@ -776,25 +680,6 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(None)
-    }
-}
-
-impl Gateway {
-    /// Turns the application's login answer into a 503 that carries none
-    /// of its cookies: the second factor could not be enforced.
-    fn replace_with_unavailable(&self, response: &mut ResponseHeader, ctx: &mut RequestCtx, error: &dyn std::fmt::Display) -> Result<()> {
-        tracing::error!(error = %error, "login could not be completed; answering 503");
-        let body = self.pages.message("Temporarily unavailable", "Sign-in is temporarily unavailable. Please try again in a minute.", true, None);
-        response.remove_header("set-cookie");
-        response.remove_header("location");
-        response.remove_header("content-length");
-        response.remove_header("transfer-encoding");
-        response.set_status(503)?;
-        response.insert_header("content-type", "text/html; charset=utf-8")?;
-        response.insert_header("cache-control", "no-store")?;
-        response.insert_header("content-length", body.len().to_string())?;
-        ctx.replacement_body = Some(Bytes::from(body));
-        Ok(())
     }
 }
 

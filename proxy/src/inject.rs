@@ -8,13 +8,14 @@ use pingora::http::ResponseHeader;
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Reports whether a response is an uncompressed HTML page of known,
-/// modest size, the only kind the link is inserted into.
+/// modest, non-zero size, the only kind the link is inserted into (an
+/// empty body never reaches the body filter that inserts it).
 pub fn applies(response: &ResponseHeader) -> bool {
     let header = |name: &str| response.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     response.status.as_u16() == 200
         && header("content-type").starts_with("text/html")
         && header("content-encoding").is_empty()
-        && header("content-length").parse::<usize>().is_ok_and(|len| len <= MAX_PAGE_BYTES)
+        && header("content-length").parse::<usize>().is_ok_and(|len| len > 0 && len <= MAX_PAGE_BYTES)
 }
 
 /// Inserts a link to `href` before the last `</body>` (any letter case),

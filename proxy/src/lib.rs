@@ -12,6 +12,7 @@ pub mod cookies;
 pub mod gateway;
 mod headers;
 mod inject;
+mod login;
 pub mod metrics;
 pub mod otpauth;
 pub mod pages;

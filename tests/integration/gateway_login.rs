@@ -225,3 +225,58 @@ fn import_rejects_bad_secret() {
     let status = stack.otpgate(&["user", "status", "zed"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("no two-factor"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_name_outcomes_never_secrets() {
+    let stack = Stack::start("");
+    stack.import("alice", SECRET);
+    let browser = stack.browser();
+    browser.login("alice", "wonderland-42").await;
+    let wrong = "000000";
+    browser.submit_code(wrong).await;
+    let code = oathtool_base32(SECRET, now());
+    browser.submit_code(&code).await;
+    let session_value = browser
+        .cookies()
+        .split(';')
+        .find_map(|pair| pair.trim().strip_prefix("sessionid=").map(str::to_string))
+        .expect("logged in");
+
+    let log = std::fs::read_to_string(stack.config.with_extension("log")).unwrap();
+    for line in ["outcome=\"second_factor_required\"", "outcome=\"code_rejected\"", "outcome=\"verified\""] {
+        assert!(log.contains(line), "missing {line} in:\n{log}");
+    }
+    assert!(log.contains("user=alice") && log.contains("address=127.0.0.1"), "{log}");
+    for secret in ["wonderland-42", SECRET, code.as_str(), session_value.as_str(), crate::harness::softhsm::USER_PIN] {
+        assert!(!log.contains(secret), "the log contains a secret ({} characters)", secret.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hsm_outage_fails_closed_then_recovers() {
+    let stack = Stack::start("");
+    stack.import("bob", SECRET);
+    let tokens = stack.hsm.dir().join("tokens");
+    let away = stack.hsm.dir().join("tokens-away");
+
+    let browser = stack.browser();
+    assert_eq!(browser.login("bob", "builder-42").await.status(), 303);
+    // The token's files vanish, as when a network HSM goes away.
+    std::fs::rename(&tokens, &away).unwrap();
+    let response = browser.submit_code(&oathtool_base32(SECRET, now())).await;
+    assert_eq!(response.status(), 503, "the HSM outage did not give 503");
+    assert!(!browser.has_cookie("sessionid"), "the app session leaked during the HSM outage");
+
+    std::fs::rename(&away, &tokens).unwrap();
+    // The vault re-initialises the library at most once a second; allow it a few tries.
+    let mut status = 0;
+    for _ in 0..20 {
+        let browser = stack.browser();
+        if browser.login("bob", "builder-42").await.status() == 303 {
+            status = browser.submit_code(&oathtool_base32(SECRET, now())).await.status().as_u16();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, 303, "no recovery after the HSM returned");
+}

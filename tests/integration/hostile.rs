@@ -436,6 +436,24 @@ async fn large_login_body_forwarded_whole_or_413() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_login_body_under_raised_limit_forwarded_whole() {
+    let stack = Stack::start_with("max_login_body_bytes = 131072", "");
+    let body = format!("username=alice&password=wrong&csrf_token=t&padding={}", "y".repeat(100 * 1024));
+    let response = reqwest::Client::new()
+        .post(stack.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "the demo app answers a wrong CSRF token with 403");
+    let last: serde_json::Value = reqwest::get(stack.url("/_demo/last-login")).await.unwrap().json().await.unwrap();
+    let expected = data_encoding::HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    assert_eq!(last["body_sha256"], expected, "the 100 KiB login body was changed on the way");
+    assert_eq!(last["body_len"], body.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unsafe_return_targets_become_root() {
     let stack = Stack::start(GENEROUS);
     let cases = [
