@@ -131,13 +131,7 @@ stop_all() {
         pid="${pids[index]}"
         name="${names[$pid]}"
         kill -0 "$pid" 2>/dev/null || continue
-        if [[ "$name" == "otpgate" ]]; then
-            # pingora 0.9 answers SIGTERM with a graceful stop that always
-            # waits 300 s, so otpgate gets SIGINT, its fast shutdown.
-            kill -INT "$pid" 2>/dev/null || true
-        else
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
+        kill -TERM "$pid" 2>/dev/null || true
         for ((attempt = 0; attempt < 100; attempt++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1

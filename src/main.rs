@@ -125,8 +125,19 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Printed as a chain of causes, without a backtrace, whatever
+            // RUST_BACKTRACE says: these are operator errors, not bugs.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(load(&config)?),
         Command::CheckConfig { config } => {
@@ -257,9 +268,19 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot check Redis persistence"),
     }
 
-    let mut server = pingora::server::Server::new(None)?;
+    let upstream_addr = std::net::ToSocketAddrs::to_socket_addrs(settings.upstream.address.as_str())
+        .with_context(|| format!("upstream.address {:?} cannot be resolved; check the name or use IP:port", settings.upstream.address))?
+        .next()
+        .with_context(|| format!("upstream.address {:?} resolves to no address", settings.upstream.address))?;
+
+    let conf = pingora::server::configuration::ServerConf {
+        grace_period_seconds: Some(settings.gateway.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(settings.gateway.shutdown_grace_secs),
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let gateway = Gateway::new(settings.clone(), vault.clone(), store.clone());
+    let gateway = Gateway::new(settings.clone(), vault.clone(), store.clone(), upstream_addr);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     if let Some(address) = &settings.listen.http {
         proxy.add_tcp(address);

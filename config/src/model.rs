@@ -218,6 +218,9 @@ pub struct GatewaySettings {
     /// How long a pending login (password accepted, code not yet given) lives, in seconds.
     #[serde(default = "default_pending_ttl")]
     pub pending_login_ttl_secs: u64,
+    /// Seconds that open connections get to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for GatewaySettings {
@@ -226,6 +229,7 @@ impl Default for GatewaySettings {
             prefix: default_prefix(),
             trusted_proxies: Vec::new(),
             pending_login_ttl_secs: default_pending_ttl(),
+            shutdown_grace_secs: default_shutdown_grace(),
         }
     }
 }
@@ -235,6 +239,9 @@ fn default_prefix() -> String {
 }
 fn default_pending_ttl() -> u64 {
     300
+}
+fn default_shutdown_grace() -> u64 {
+    5
 }
 
 /// A fixed-window limit: at most `limit` events per `window_secs` seconds.

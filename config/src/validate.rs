@@ -212,6 +212,13 @@ fn gateway(gateway: &GatewaySettings, app: &AppSettings) -> Result<(), ConfigErr
             "choose a prefix the application does not use",
         ));
     }
+    if gateway.shutdown_grace_secs > 600 {
+        return Err(ConfigError::invalid(
+            "gateway.shutdown_grace_secs",
+            format!("{} is more than 600", gateway.shutdown_grace_secs),
+            "a few seconds let open requests finish; 5 is the default",
+        ));
+    }
     if !(30..=3600).contains(&gateway.pending_login_ttl_secs) {
         return Err(ConfigError::invalid(
             "gateway.pending_login_ttl_secs",

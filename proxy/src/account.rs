@@ -173,7 +173,7 @@ impl Gateway {
             tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "password re-check refused: too many attempts");
             return Ok(false);
         }
-        Ok(crate::app_login::password_accepted(&self.connector, &self.settings, user, password).await?)
+        Ok(crate::app_login::password_accepted(&self.connector, &self.peer(), &self.settings, user, password).await?)
     }
 
     pub(crate) async fn enroll_start(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {

@@ -36,7 +36,7 @@ fn check_route(settings: &Settings) -> &LoginRoute {
 /// again at once.
 // NOTE: a form route protected by a CSRF token rejects these requests;
 // configure a JSON login route for applications with such forms.
-pub async fn password_accepted(connector: &Connector, settings: &Settings, user: &str, password: &str) -> Result<bool, AppLoginError> {
+pub async fn password_accepted(connector: &Connector, peer: &HttpPeer, settings: &Settings, user: &str, password: &str) -> Result<bool, AppLoginError> {
     let route = check_route(settings);
     let (body, content_type) = match route.body {
         BodyFormat::Json => (
@@ -52,7 +52,6 @@ pub async fn password_accepted(connector: &Connector, settings: &Settings, user:
         ),
     };
     let upstream_error = |source| AppLoginError::Upstream { path: route.path.clone(), source };
-    let peer = HttpPeer::new(settings.upstream.address.as_str(), settings.upstream.tls, settings.upstream.sni.clone());
 
     let mut request = RequestHeader::build(route.method.as_str(), route.path.as_bytes(), None).map_err(upstream_error)?;
     request.insert_header("host", settings.upstream.address.as_str()).map_err(upstream_error)?;
@@ -60,7 +59,7 @@ pub async fn password_accepted(connector: &Connector, settings: &Settings, user:
     request.insert_header("content-length", body.len().to_string()).map_err(upstream_error)?;
     request.insert_header("connection", "close").map_err(upstream_error)?;
 
-    let (mut http, _reused) = connector.get_http_session(&peer).await.map_err(upstream_error)?;
+    let (mut http, _reused) = connector.get_http_session(peer).await.map_err(upstream_error)?;
     http.write_request_header(Box::new(request)).await.map_err(upstream_error)?;
     http.write_request_body(Bytes::from(body), true).await.map_err(upstream_error)?;
     http.finish_request_body().await.map_err(upstream_error)?;
@@ -77,7 +76,7 @@ pub async fn password_accepted(connector: &Connector, settings: &Settings, user:
         .find(|c| c.name == settings.app.session_cookie && !c.deletes);
     let accepted = route.success_status.contains(&response.status.as_u16()) && session_cookie.is_some();
     if let Some(cookie) = session_cookie {
-        logout(connector, settings, &peer, &cookie.value).await;
+        logout(connector, settings, peer, &cookie.value).await;
     }
     Ok(accepted)
 }

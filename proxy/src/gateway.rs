@@ -28,8 +28,12 @@ pub struct Gateway {
     pub vault: Arc<Vault>,
     pub store: Store,
     pub(crate) pages: Pages,
-    /// Connections to the application for password re-checks.
+    /// Connections to the application for logins and password re-checks.
     pub(crate) connector: pingora::connectors::http::Connector,
+    /// The application's address, resolved once at start-up: pingora 0.9
+    /// resolves a host name with blocking DNS on every request otherwise.
+    // TODO: re-resolve periodically for applications whose address changes.
+    pub(crate) upstream_addr: std::net::SocketAddr,
 }
 
 /// A pending login: the application accepted the password, the member has
@@ -89,11 +93,18 @@ pub(crate) fn csrf_for(ticket: &str) -> String {
 }
 
 impl Gateway {
-    /// Builds the proxy around an open vault and store.
-    pub fn new(settings: Arc<Settings>, vault: Arc<Vault>, store: Store) -> Gateway {
+    /// Builds the proxy around an open vault and store; `upstream_addr` is
+    /// the resolved `upstream.address`.
+    pub fn new(settings: Arc<Settings>, vault: Arc<Vault>, store: Store, upstream_addr: std::net::SocketAddr) -> Gateway {
         let pages = Pages::new(&settings.app.product_name, &settings.gateway.prefix);
         let connector = pingora::connectors::http::Connector::new(None);
-        Gateway { settings, vault, store, pages, connector }
+        Gateway { settings, vault, store, pages, connector, upstream_addr }
+    }
+
+    /// The upstream peer of every request.
+    pub(crate) fn peer(&self) -> HttpPeer {
+        let upstream = &self.settings.upstream;
+        HttpPeer::new(self.upstream_addr, upstream.tls, upstream.sni.clone())
     }
 
     pub(crate) fn is_json(session: &Session) -> bool {
@@ -634,8 +645,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let upstream = &self.settings.upstream;
-        Ok(Box::new(HttpPeer::new(upstream.address.as_str(), upstream.tls, upstream.sni.clone())))
+        Ok(Box::new(self.peer()))
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {

@@ -102,8 +102,7 @@ impl Gateway {
 
     /// Sends the login request and reads the whole answer.
     async fn send_login(&self, request: RequestHeader, body: Bytes) -> Result<(ResponseHeader, Bytes)> {
-        let upstream = &self.settings.upstream;
-        let peer = HttpPeer::new(upstream.address.as_str(), upstream.tls, upstream.sni.clone());
+        let peer = self.peer();
         let (mut http, _reused) = self.connector.get_http_session(&peer).await?;
         http.write_request_header(Box::new(request)).await?;
         http.write_request_body(body, true).await?;
