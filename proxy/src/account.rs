@@ -9,13 +9,12 @@ use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::gateway::{csrf_for, now_unix, Gateway, PendingLogin, RequestCtx, SessionFlag};
+use crate::challenge::{csrf_for, normalize_code, PendingLogin, SessionFlag};
+use crate::gateway::{now_unix, Gateway, RequestCtx, MAX_FORM_BYTES};
 use crate::pages::CODE_REJECTED;
 use crate::record::EnrollmentRecord;
 use crate::{backup, cookies, otpauth};
 
-/// Largest body of a gateway form, in bytes.
-const MAX_FORM_BYTES: usize = 8 * 1024;
 /// How long an enrollment may wait for its confirming code, in seconds.
 const ENROLLMENT_TTL_SECS: u64 = 600;
 
@@ -327,7 +326,7 @@ impl Gateway {
         };
         let user = member.user().to_string();
         let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
-        let code = crate::gateway::normalize_code(field(&fields, "code"));
+        let code = normalize_code(field(&fields, "code"));
         let bytes = match self.store.enrollment(&user).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return self.settings_page(session, ctx, Some("The enrollment expired. Start again.")).await,
@@ -444,7 +443,7 @@ impl Gateway {
         let user = member.user().to_string();
         let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let password = field(&fields, "password");
-        let code = crate::gateway::normalize_code(field(&fields, "code"));
+        let code = normalize_code(field(&fields, "code"));
         let proven = if !code.is_empty() {
             self.verify_totp(&user, &code).await
         } else {
@@ -500,7 +499,7 @@ impl Gateway {
         let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let typed = field(&fields, "code");
         let second_factor = {
-            let totp = crate::gateway::normalize_code(typed);
+            let totp = normalize_code(typed);
             if totp.bytes().all(|b| b.is_ascii_digit()) && !totp.is_empty() {
                 self.verify_totp(&user, &totp).await
             } else {

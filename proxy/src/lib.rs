@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod challenge;
+mod enforce;
 pub mod admin;
 mod app_login;
 pub mod backup;
