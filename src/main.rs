@@ -130,7 +130,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // Printed as a chain of causes, without a backtrace, whatever
-            // RUST_BACKTRACE says: these are operator errors, not bugs.
+            // RUST_BACKTRACE is set to: these are operator errors, not bugs.
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }

@@ -101,7 +101,7 @@ pub enum Policy {
     Required,
 }
 
-/// How the application's login endpoint encodes the credentials.
+/// Encoding of the credentials at the application's login endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BodyFormat {
@@ -145,7 +145,7 @@ fn default_success_status() -> Vec<u16> {
     vec![200, 302, 303]
 }
 
-/// How the gateway adapts to the application, which it cannot change.
+/// Settings that adapt the gateway to the application, which it cannot change.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
@@ -291,7 +291,7 @@ fn default_second_factor_per_address() -> Limit {
     Limit { limit: 20, window_secs: 900 }
 }
 
-/// Where the shared state lives.
+/// The Redis server of the shared state.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
@@ -326,7 +326,7 @@ fn default_redis_timeout() -> u64 {
     1000
 }
 
-/// Where seeds are kept.
+/// Storage of member seeds in the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyMode {
@@ -347,7 +347,7 @@ pub struct HsmSettings {
     pub key_mode: KeyMode,
     /// Number of logged-in sessions kept open.
     pub pool_size: usize,
-    /// Where the user PIN comes from.
+    /// Source of the user PIN.
     pub pin_source: SecretSource,
 }
 
@@ -397,7 +397,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// The name used in `otpauth://` URIs.
+    /// Returns the name used in `otpauth://` URIs.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::SHA1 => "SHA1",

@@ -8,7 +8,7 @@ use crate::{
     RateLimitSettings, RedisSettings, SecretSource, Settings, TotpSettings, UpstreamSettings,
 };
 
-/// Largest accepted `app.max_login_body_bytes`: the gateway holds a login
+/// Largest accepted `app.max_login_body_bytes`: the gateway keeps a login
 /// body in memory while it forwards it, and login forms are small.
 const MAX_LOGIN_BODY_LIMIT: usize = 1024 * 1024;
 

@@ -13,7 +13,7 @@ pub enum HsmError {
         source: CryptokiError,
     },
 
-    /// No slot holds a token with the configured label.
+    /// No slot has a token with the configured label.
     #[error("no token labelled {label:?} found (tokens present: {present}); create it with `softhsm2-util --init-token --free --label {label}` or fix hsm.token_label")]
     TokenNotFound { label: String, present: String },
 
@@ -89,7 +89,7 @@ impl HsmError {
 
     /// Reports whether the session that ran the operation may no longer be
     /// usable, so the operation should be retried on a fresh session.
-    /// SoftHSM 2.6 answers `CKR_GENERAL_ERROR` to an operation whose
+    /// SoftHSM 2.6 returns `CKR_GENERAL_ERROR` to an operation whose
     /// session was closed by another thread while it ran, and
     /// handle or operation-state errors when a cached key handle went
     /// stale with it, so those codes count too.

@@ -23,12 +23,12 @@ use crate::seed::{SealedSeed, Seed};
 use crate::totp::{self, TimeStep, TotpParams};
 use crate::{context, HsmError};
 
-/// A member's login name as the application knows it.
+/// A member's login name, as the application uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(pub String);
 
 impl UserId {
-    /// The `CKA_ID` of the member's seed object in `token` mode: the first
+    /// Returns the `CKA_ID` of the member's seed object in `token` mode: the first
     /// 16 bytes of SHA-256 over a domain label and the name.
     pub fn token_object_id(&self) -> [u8; 16] {
         let digest = Sha256::new()
@@ -39,7 +39,7 @@ impl UserId {
     }
 }
 
-/// What [`Vault::open`] needs.
+/// Settings of [`Vault::open`].
 #[derive(Debug, Clone)]
 pub struct VaultOptions {
     pub module: PathBuf,
@@ -112,12 +112,12 @@ impl Vault {
         })
     }
 
-    /// The key mode new seeds are sealed in.
+    /// Returns the key mode new seeds are sealed in.
     pub fn key_mode(&self) -> KeyMode {
         self.mode
     }
 
-    /// The slot that holds the token (slot ids change between SoftHSM runs).
+    /// Returns the id of the token's slot (slot ids change between SoftHSM runs).
     pub fn slot_id(&self) -> u64 {
         self.current_pool().slot().id()
     }
@@ -473,7 +473,7 @@ impl Vault {
         })
     }
 
-    /// The token label, for log lines and errors.
+    /// Returns the token label, for log lines and errors.
     pub fn token_label(&self) -> &str {
         &self.label
     }

@@ -18,7 +18,7 @@ use crate::{backup, cookies, otpauth};
 /// How long an enrollment may wait for its confirming code, in seconds.
 const ENROLLMENT_TTL_SECS: u64 = 600;
 
-/// Who is on a member page, and through what.
+/// The member on a member page, with the credential that identifies them.
 pub(crate) enum Member {
     /// A logged-in member, by the application session cookie.
     Session { user: String, cookie: String },
@@ -91,7 +91,7 @@ impl Gateway {
         Ok(None)
     }
 
-    /// Resolves the member or answers the request itself (login redirect or 503).
+    /// Resolves the member, or responds itself (login redirect or 503) and returns `None`.
     async fn require_member(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Option<Member>> {
         match self.member(session).await {
             Ok(Some(member)) => Ok(Some(member)),
@@ -106,8 +106,8 @@ impl Gateway {
         }
     }
 
-    /// Reads a gateway form and checks its CSRF token. Answers the request
-    /// itself and returns `None` when the form is too large or forged.
+    /// Reads a gateway form and checks its CSRF token. Responds itself
+    /// and returns `None` when the form is too large or forged.
     async fn read_form(&self, session: &mut Session, member: &Member) -> Result<Option<Vec<(String, String)>>> {
         let Some(body) = self.read_body(session, MAX_FORM_BYTES).await? else {
             let page = self.pages.message("Request too large", "The form is too large.", true, None);
@@ -169,7 +169,7 @@ impl Gateway {
             .await?;
         if count > u64::from(limits.password_per_user.limit) {
             crate::metrics::outcome("password_rate_limited");
-            tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "password re-check refused: too many attempts");
+            tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "password re-check rejected: too many attempts");
             return Ok(false);
         }
         Ok(crate::app_login::password_accepted(&self.connector, &self.peer(), &self.settings, user, password).await?)
@@ -193,7 +193,7 @@ impl Gateway {
             Ok(true) => {}
             Ok(false) => {
                 crate::metrics::outcome("password_rejected");
-                tracing::info!(user = %user, address = %address, outcome = "password_rejected", "enrollment refused: password not accepted");
+                tracing::info!(user = %user, address = %address, outcome = "password_rejected", "enrollment rejected: password not accepted");
                 return self.settings_page(session, ctx, Some("The password was not accepted.")).await;
             }
             Err(e) => return self.unavailable(session, &e).await,

@@ -8,7 +8,7 @@ use pingora::prelude::HttpPeer;
 
 use crate::cookies;
 
-/// Why a password check could not give an answer.
+/// A password check that got no usable response.
 #[derive(Debug, thiserror::Error)]
 pub enum AppLoginError {
     #[error("the application's login endpoint {path} failed: {source}")]

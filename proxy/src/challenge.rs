@@ -18,7 +18,7 @@ use crate::store::{RateKey, StoreError};
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PendingLogin {
     pub(crate) user: String,
-    /// Where the application meant to send the member, already checked.
+    /// The redirect target the application chose, already checked.
     pub(crate) target: String,
     /// Held `Set-Cookie` headers, JSON, encrypted with the HSM blob key.
     pub(crate) sealed_cookies: String,

@@ -1,5 +1,5 @@
 //! Session enforcement: a request that carries the application's session
-//! cookie reaches the application only if Redis holds a flag for it.
+//! cookie reaches the application only if Redis has a flag for it.
 
 use pingora::prelude::*;
 
@@ -9,7 +9,7 @@ use crate::{cookies, path};
 
 impl Gateway {
     /// Lets the request through (`Ok(false)`) when it carries no session
-    /// cookie or a flagged one; otherwise answers it: 303 to the login page
+    /// cookie or a flagged one; otherwise responds itself: 303 to the login page
     /// for an HTML GET, 401 for anything else, 303 to the challenge while a
     /// login is pending. An unflagged cookie on a public path is removed
     /// instead. Sets `ctx.identity` for flagged sessions.

@@ -74,7 +74,7 @@ impl Gateway {
         Gateway { settings, vault, store, pages, connector, upstream_addr }
     }
 
-    /// The upstream peer of every request.
+    /// Returns the upstream peer of every request.
     pub(crate) fn peer(&self) -> HttpPeer {
         let upstream = &self.settings.upstream;
         HttpPeer::new(self.upstream_addr, upstream.tls, upstream.sni.clone())
@@ -123,7 +123,7 @@ impl Gateway {
     }
 
     pub(crate) async fn unavailable(&self, session: &mut Session, error: &(dyn std::fmt::Display + Sync)) -> Result<bool> {
-        tracing::error!(error = %error, "second factor unavailable; answering 503");
+        tracing::error!(error = %error, "second factor unavailable; responding with 503");
         let body = self.pages.message(
             "Temporarily unavailable",
             "Sign-in is temporarily unavailable. Please try again in a minute.",

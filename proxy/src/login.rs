@@ -1,6 +1,6 @@
 //! Login interception: the login request goes to the application through
-//! the gateway's own upstream connection, so the gateway sees the whole
-//! answer before the browser gets any of it.
+//! the gateway's own upstream connection, so the gateway has the whole
+//! response before the browser gets any of it.
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use crate::cookies::{self, SetCookie};
 use crate::gateway::{safe_target, Gateway, RequestCtx};
 use crate::headers;
 
-/// Largest login answer from the application that is read, in bytes.
-/// Login answers are redirects or small pages; a larger one gets 502.
+/// Largest login response from the application that is read, in bytes.
+/// Login responses are redirects or small pages; a larger one gets 502.
 const MAX_LOGIN_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How long an idle upstream connection is kept for the next login.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -32,7 +32,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// What the gateway sends the browser for a login.
+/// The response the browser gets for a login.
 struct Answer {
     header: ResponseHeader,
     body: Bytes,
@@ -49,8 +49,8 @@ impl Answer {
 
 impl Gateway {
     /// Forwards a login request whose body was read in full, judges the
-    /// application's answer by the success rule and sends the browser the
-    /// answer, the challenge or an error page. Always answers the request.
+    /// application's response by the success rule and sends the browser that
+    /// response, the challenge or an error page. Always responds itself.
     pub(crate) async fn proxy_login(&self, session: &mut Session, ctx: &mut RequestCtx, route: &LoginRoute, user: &str, body: Bytes) -> Result<bool> {
         let request = self.upstream_login_request(session, ctx, body.len())?;
         let (response, response_body) = match self.send_login(request, body).await {
@@ -64,7 +64,7 @@ impl Gateway {
         let answer = match self.judge_login(ctx, route, user, response, response_body).await {
             Ok(answer) => answer,
             Err(e) => {
-                tracing::error!(error = %e, "login could not be completed; answering 503");
+                tracing::error!(error = %e, "login could not be completed; responding with 503");
                 let page = self.pages.message("Temporarily unavailable", "Sign-in is temporarily unavailable. Please try again in a minute.", true, None);
                 Answer::new(503, "text/html; charset=utf-8", page)?
             }
@@ -100,7 +100,7 @@ impl Gateway {
         Ok(request)
     }
 
-    /// Sends the login request and reads the whole answer.
+    /// Sends the login request and reads the whole response.
     async fn send_login(&self, request: RequestHeader, body: Bytes) -> Result<(ResponseHeader, Bytes)> {
         let peer = self.peer();
         let (mut http, _reused) = self.connector.get_http_session(&peer).await?;
@@ -115,7 +115,7 @@ impl Gateway {
         let mut collected = Vec::new();
         while let Some(chunk) = http.read_response_body().await? {
             if collected.len() + chunk.len() > MAX_LOGIN_RESPONSE_BYTES {
-                return Err(Error::explain(ErrorType::InvalidHTTPHeader, "the login answer is larger than 1 MiB"));
+                return Err(Error::explain(ErrorType::InvalidHTTPHeader, "the login response is larger than 1 MiB"));
             }
             collected.extend_from_slice(&chunk);
         }

@@ -71,7 +71,9 @@ fn user_reset_writes_audit_line() {
     let out = stack.otpgate(&["user", "reset", "carol"]);
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("audit") && log.contains("carol") && log.contains("reset"), "{log}");
+    assert!(log.contains("audit"), "{log}");
+    assert!(log.contains("carol"), "{log}");
+    assert!(log.contains("reset"), "{log}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
 }
 
@@ -84,7 +86,8 @@ fn check_config_reports_literal_pin() {
     let out = crate::harness::services::otpgate(&stack.hsm, &["check-config", "--config", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("hsm.pin") && stderr.contains("pin_env"), "{stderr}");
+    assert!(stderr.contains("hsm.pin"), "{stderr}");
+    assert!(stderr.contains("pin_env"), "{stderr}");
     let good = stack.otpgate(&["check-config"]);
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
 }

@@ -64,8 +64,8 @@ async fn enroll(stack: &Stack, user: &str, password: &str) -> (Browser, String, 
     (browser, secret, codes)
 }
 
-/// A code from the step after the current one: inside the window and
-/// above the step the enrollment used.
+/// Returns the code of the step after the current one: inside the window
+/// and above the step the enrollment used.
 fn next_code(secret: &str) -> String {
     oathtool_base32(secret, now() + 30)
 }

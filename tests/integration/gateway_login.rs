@@ -16,8 +16,8 @@ fn location(response: &reqwest::Response) -> String {
     response.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
-/// A code for a step in the window that is not the current one and not
-/// yet used: the step before the current one.
+/// Returns the code of the step before the current one: inside the window,
+/// not the current step and not used yet.
 fn previous_code() -> String {
     oathtool_base32(SECRET, now() - 30)
 }
@@ -83,7 +83,8 @@ async fn held_cookies_released_separately_in_order() {
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
     assert!(set_cookies[0].starts_with("sessionid="), "{set_cookies:?}");
-    assert!(set_cookies[1].starts_with("last_login=") && set_cookies[1].contains("Max-Age=0"), "{set_cookies:?}");
+    assert!(set_cookies[1].starts_with("last_login="), "{set_cookies:?}");
+    assert!(set_cookies[1].contains("Max-Age=0"), "{set_cookies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,7 +247,8 @@ async fn logs_name_outcomes_never_secrets() {
     for line in ["outcome=\"second_factor_required\"", "outcome=\"code_rejected\"", "outcome=\"verified\""] {
         assert!(log.contains(line), "missing {line} in:\n{log}");
     }
-    assert!(log.contains("user=alice") && log.contains("address=127.0.0.1"), "{log}");
+    assert!(log.contains("user=alice"), "{log}");
+    assert!(log.contains("address=127.0.0.1"), "{log}");
     for secret in ["wonderland-42", SECRET, code.as_str(), session_value.as_str(), crate::harness::softhsm::USER_PIN] {
         assert!(!log.contains(secret), "the log contains a secret ({} characters)", secret.len());
     }
