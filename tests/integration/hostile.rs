@@ -502,3 +502,20 @@ async fn wrong_enrollment_code_grants_nothing() {
     let status = stack.otpgate(&["user", "status", "erin"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("no two-factor"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copied_record_rejected() {
+    let stack = Stack::start(GENEROUS);
+    stack.import("alice", SECRET);
+    let mut redis = redis_connection(&stack).await;
+    let record: Vec<u8> = redis::cmd("GET").arg("otpgate:record:{u:alice}").query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("SET").arg("otpgate:record:{u:bob}").arg(record).query_async(&mut redis).await.unwrap();
+
+    let browser = pending_login(&stack, "bob", "builder-42").await;
+    let response = browser.submit_code(&oathtool_base32(SECRET, now())).await;
+    assert_ne!(response.status(), 303, "a record copied from alice opened bob's account");
+    assert!(!browser.has_cookie("sessionid"));
+    let status = stack.otpgate(&["user", "status", "bob"]);
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("integrity check"), "{}", String::from_utf8_lossy(&status.stderr));
+}
