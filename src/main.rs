@@ -194,6 +194,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Status { user, config } => {
             let settings = load(&config)?;
+            let user = settings.app.member_name(&user);
             let store = open_store(&settings).await?;
             match store.record(&user).await? {
                 None => println!("{user}: no two-factor authentication"),
@@ -210,6 +211,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Reset { user, config } => {
             let settings = load(&config)?;
+            let user = settings.app.member_name(&user);
             init_logging(&settings);
             let store = open_store(&settings).await?;
             let vault = open_vault(&settings)?;
@@ -221,6 +223,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Import { user, config, secret, algorithm, digits, period } => {
             let settings = load(&config)?;
+            let user = settings.app.member_name(&user);
             init_logging(&settings);
             let Some(algorithm) = Algorithm::parse(&algorithm) else {
                 bail!("--algorithm {algorithm:?} is not SHA1, SHA256 or SHA512");
@@ -290,7 +293,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     server.add_service(proxy);
     if let Some(address) = &settings.admin.listen {
-        let admin = Admin { store, vault, token: settings.admin.token()? };
+        let admin = Admin { store, vault, token: settings.admin.token()?, app: settings.app.clone() };
         let mut service = pingora::services::listening::Service::new(
             "otpgate admin".to_string(),
             pingora::apps::http_app::HttpServer::new_app(admin),

@@ -101,6 +101,30 @@ pub enum Policy {
     Required,
 }
 
+/// Letter-case rule of the application's login names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsernameCase {
+    /// Names differing only in letter case are one member.
+    #[default]
+    Insensitive,
+    /// Letter case distinguishes members.
+    Sensitive,
+}
+
+impl AppSettings {
+    /// Returns the member name the gateway keys state by: the submitted
+    /// login name without surrounding whitespace, lower-cased unless
+    /// `username_case` is `sensitive`.
+    pub fn member_name(&self, submitted: &str) -> String {
+        let trimmed = submitted.trim();
+        match self.username_case {
+            UsernameCase::Insensitive => trimmed.to_lowercase(),
+            UsernameCase::Sensitive => trimmed.to_string(),
+        }
+    }
+}
+
 /// Encoding of the credentials at the application's login endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +202,13 @@ pub struct AppSettings {
     /// Insert a link to the 2FA settings page into the application's HTML pages.
     #[serde(default)]
     pub inject_settings_link: bool,
+    /// How the application compares login names. `insensitive` (default)
+    /// lower-cases names before the gateway looks up a member, so `ALICE`
+    /// cannot pass as a member without 2FA when the application logs in
+    /// `alice`; use `sensitive` only for applications that keep `Bob` and
+    /// `bob` apart.
+    #[serde(default)]
+    pub username_case: UsernameCase,
     /// Header that carries the verified member name to the application.
     /// Any copy of it sent by a client is removed.
     #[serde(default = "default_identity_header")]

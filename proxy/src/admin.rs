@@ -18,8 +18,10 @@ use crate::store::Store;
 pub struct Admin {
     pub store: Store,
     pub vault: Arc<Vault>,
-    /// Bearer token of `/api/`; without one the API answers 404.
+    /// Bearer token of `/api/`; without one the API responds 404.
     pub token: Option<Secret>,
+    /// Application settings, for the member-name rule.
+    pub app: otpgate_config::AppSettings,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -124,7 +126,7 @@ impl ServeHttp for Admin {
                 let Some(user) = api.strip_prefix("/api/users/").filter(|u| !u.is_empty() && !u.contains('/')) else {
                     return json(404, serde_json::json!({ "error": "unknown admin API path" }));
                 };
-                let user = percent_encoding::percent_decode_str(user).decode_utf8_lossy().to_string();
+                let user = self.app.member_name(&percent_encoding::percent_decode_str(user).decode_utf8_lossy());
                 match method.as_str() {
                     "GET" => self.user_status(&user).await,
                     "DELETE" => self.user_reset(&user).await,

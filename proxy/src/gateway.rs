@@ -263,7 +263,7 @@ impl ProxyHttp for Gateway {
             let Some(body) = self.read_body(session, limit).await? else {
                 return self.respond_page(session, 413, vec![("connection", "close".into())], too_large).await;
             };
-            let user = username_from(route, &body).unwrap_or_default();
+            let user = self.settings.app.member_name(&username_from(route, &body).unwrap_or_default());
             let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
             let limits = &self.settings.rate_limit;
             let counted = async {
@@ -278,7 +278,9 @@ impl ProxyHttp for Gateway {
             if per_user > u64::from(limits.password_per_user.limit) || per_address > u64::from(limits.password_per_address.limit) {
                 crate::metrics::outcome("password_rate_limited");
                 tracing::warn!(user = %user, address = %address, outcome = "password_rate_limited", "login rejected: too many password attempts");
-                let body = self.pages.message("Too many attempts", "Too many sign-in attempts. Wait 15 minutes and try again.", true, None);
+                let minutes = limits.password_per_user.window_secs.max(limits.password_per_address.window_secs).div_ceil(60);
+                let message = format!("Too many sign-in attempts. Wait {minutes} minute{} and try again.", if minutes == 1 { "" } else { "s" });
+                let body = self.pages.message("Too many attempts", &message, true, None);
                 return self.respond_page(session, 429, Vec::new(), body).await;
             }
             let route = route.clone();

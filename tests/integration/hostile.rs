@@ -519,3 +519,15 @@ async fn copied_record_rejected() {
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("integrity check"), "{}", String::from_utf8_lossy(&status.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn username_case_variants_need_code() {
+    let stack = Stack::start(GENEROUS);
+    stack.import("alice", SECRET);
+    for variant in ["ALICE", "Alice", " alice "] {
+        let browser = stack.browser();
+        let response = browser.login(variant, "wonderland-42").await;
+        assert_eq!(response.status(), 303, "{variant:?} logged in without a code");
+        assert!(!browser.has_cookie("sessionid"), "{variant:?} got the app session without a code");
+    }
+}

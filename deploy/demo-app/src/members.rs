@@ -1,7 +1,10 @@
 //! Demo member accounts and the credential check.
 
 /// Demo members as `(username, password)` pairs. The passwords are public on purpose
-/// because demos and tests sign in with them. Usernames are case-sensitive.
+/// because demos and tests sign in with them. Like many applications that log
+/// members in by e-mail address, the demo ignores letter case and surrounding
+/// whitespace in the username, so the gateway must not treat `ALICE` as another
+/// member than `alice`.
 /// `anna@example.org` covers apps whose login name is an e-mail address, so a
 /// username may contain `@` and `.`.
 pub const MEMBERS: &[(&str, &str)] = &[
@@ -13,10 +16,11 @@ pub const MEMBERS: &[(&str, &str)] = &[
     ("anna@example.org", "anna-42"),
 ];
 
-/// Checks `username` and `password` against [`MEMBERS`] and returns the member's
-/// username on a match. The loop compares every entry and does not stop at the
+/// Checks `username` (letter case and surrounding whitespace ignored) and
+/// `password` against [`MEMBERS`] and returns the member's username on a match. The loop compares every entry and does not stop at the
 /// first match.
 pub fn authenticate(username: &str, password: &str) -> Option<&'static str> {
+    let username = username.trim().to_ascii_lowercase();
     let mut matched = None;
     for &(member, member_password) in MEMBERS {
         let username_matches = constant_time_eq(username.as_bytes(), member.as_bytes());
@@ -50,10 +54,15 @@ mod tests {
     #[test]
     fn wrong_credentials_are_rejected() {
         assert_eq!(authenticate("alice", "builder-42"), None);
-        assert_eq!(authenticate("Alice", "wonderland-42"), None);
         assert_eq!(authenticate("alice", "wonderland-42 "), None);
         assert_eq!(authenticate("mallory", "wonderland-42"), None);
         assert_eq!(authenticate("", ""), None);
+    }
+
+    #[test]
+    fn username_case_and_whitespace_ignored() {
+        assert_eq!(authenticate("Alice", "wonderland-42"), Some("alice"));
+        assert_eq!(authenticate(" ALICE ", "wonderland-42"), Some("alice"));
     }
 
     #[test]
