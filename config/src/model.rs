@@ -252,6 +252,14 @@ pub struct GatewaySettings {
     /// Seconds that open connections get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Milliseconds a session flag read from Redis is trusted without
+    /// another read. A logout or reset on another instance reaches this one
+    /// at most this much later; 0 turns the cache off.
+    #[serde(default = "default_session_cache_ms")]
+    pub session_cache_ms: u64,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 impl Default for GatewaySettings {
@@ -261,6 +269,8 @@ impl Default for GatewaySettings {
             trusted_proxies: Vec::new(),
             pending_login_ttl_secs: default_pending_ttl(),
             shutdown_grace_secs: default_shutdown_grace(),
+            session_cache_ms: default_session_cache_ms(),
+            threads: default_threads(),
         }
     }
 }
@@ -273,6 +283,12 @@ fn default_pending_ttl() -> u64 {
 }
 fn default_shutdown_grace() -> u64 {
     5
+}
+fn default_session_cache_ms() -> u64 {
+    1000
+}
+fn default_threads() -> usize {
+    1
 }
 
 /// A fixed-window limit: at most `limit` events per `window_secs` seconds.

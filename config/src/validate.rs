@@ -212,6 +212,20 @@ fn gateway(gateway: &GatewaySettings, app: &AppSettings) -> Result<(), ConfigErr
             "choose a prefix the application does not use",
         ));
     }
+    if gateway.session_cache_ms > 60_000 {
+        return Err(ConfigError::invalid(
+            "gateway.session_cache_ms",
+            format!("{} is more than 60000", gateway.session_cache_ms),
+            "a logout on another instance takes effect this much later; keep it to a second or two",
+        ));
+    }
+    if !(1..=256).contains(&gateway.threads) {
+        return Err(ConfigError::invalid(
+            "gateway.threads",
+            format!("{} is outside 1..=256", gateway.threads),
+            "use the number of CPU cores the gateway may use",
+        ));
+    }
     if gateway.shutdown_grace_secs > 600 {
         return Err(ConfigError::invalid(
             "gateway.shutdown_grace_secs",

@@ -75,13 +75,13 @@ impl Gateway {
         let header = session.req_header().headers.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
         let values = cookies::values(header, &self.settings.app.session_cookie);
         if let [cookie] = values.as_slice() {
-            if let Some(bytes) = self.store.session_flag(cookie).await? {
+            if let Some(bytes) = self.store().session_flag(cookie).await? {
                 let flag: SessionFlag = serde_json::from_slice(&bytes)?;
                 return Ok(Some(Member::Session { user: flag.user, cookie: cookie.to_string() }));
             }
         }
         if let Some(ticket) = self.pending_cookie_value(session) {
-            if let Some(bytes) = self.store.pending(&ticket).await? {
+            if let Some(bytes) = self.store().pending(&ticket).await? {
                 let pending: PendingLogin = serde_json::from_slice(&bytes)?;
                 if pending.enroll {
                     return Ok(Some(Member::Pending { user: pending.user, ticket }));
@@ -129,7 +129,7 @@ impl Gateway {
             return Ok(true);
         };
         let user = member.user().to_string();
-        let (record, used) = match tokio::try_join!(self.store.record(&user), self.store.backup_used_count(&user)) {
+        let (record, used) = match tokio::try_join!(self.store().record(&user), self.store().backup_used_count(&user)) {
             Ok(found) => found,
             Err(e) => return self.unavailable(session, &e).await,
         };
@@ -164,7 +164,7 @@ impl Gateway {
     async fn password_ok(&self, user: &str, password: &str, address: &str) -> std::result::Result<bool, BoxError> {
         let limits = &self.settings.rate_limit;
         let count = self
-            .store
+            .store()
             .count(&crate::store::RateKey::PasswordUser(user), limits.password_per_user.window_secs)
             .await?;
         if count > u64::from(limits.password_per_user.limit) {
@@ -184,7 +184,7 @@ impl Gateway {
         };
         let user = member.user().to_string();
         let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
-        match self.store.record(&user).await {
+        match self.store().record(&user).await {
             Ok(Some(_)) => return self.settings_page(session, ctx, Some("Two-factor authentication is already on. Disable it first to configure a new app.")).await,
             Ok(None) => {}
             Err(e) => return self.unavailable(session, &e).await,
@@ -206,7 +206,7 @@ impl Gateway {
             return Ok(true);
         };
         let user = member.user().to_string();
-        match self.store.enrollment(&user).await {
+        match self.store().enrollment(&user).await {
             Ok(Some(bytes)) => self.show_enrollment(session, &member, &bytes, None).await,
             Ok(None) => self.begin_enrollment(session, &member, None).await,
             Err(e) => self.unavailable(session, &e).await,
@@ -242,7 +242,7 @@ impl Gateway {
             Ok(Err(e)) => return self.unavailable(session, &e).await,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        if let Err(e) = self.store.put_enrollment(&user, &bytes, ENROLLMENT_TTL_SECS).await {
+        if let Err(e) = self.store().put_enrollment(&user, &bytes, ENROLLMENT_TTL_SECS).await {
             return self.unavailable(session, &e).await;
         }
         crate::metrics::outcome("enrollment_started");
@@ -295,7 +295,7 @@ impl Gateway {
             return Ok(true);
         };
         let user = member.user().to_string();
-        let bytes = match self.store.enrollment(&user).await {
+        let bytes = match self.store().enrollment(&user).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 let body = self.pages.message("Not found", "No enrollment is in progress.", true, None);
@@ -327,14 +327,14 @@ impl Gateway {
         let user = member.user().to_string();
         let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let code = normalize_code(field(&fields, "code"));
-        let bytes = match self.store.enrollment(&user).await {
+        let bytes = match self.store().enrollment(&user).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return self.settings_page(session, ctx, Some("The enrollment expired. Start again.")).await,
             Err(e) => return self.unavailable(session, &e).await,
         };
 
         let limits = &self.settings.rate_limit;
-        match self.store.count(&crate::store::RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs).await {
+        match self.store().count(&crate::store::RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs).await {
             Ok(count) if count > u64::from(limits.second_factor_per_user.limit) => {
                 let body = self.pages.message("Too many attempts", "Too many wrong codes. Wait 15 minutes and start again.", true, None);
                 return self.respond_page(session, 429, Vec::new(), body).await;
@@ -370,7 +370,7 @@ impl Gateway {
         } else if let Member::Session { cookie, .. } = &member {
             // The session that enrolled counts as verified from now on.
             let flag = serde_json::to_vec(&SessionFlag { user: user.clone(), state: "verified".into() }).expect("flag serialises");
-            if let Err(e) = self.store.put_session_flag(cookie, &flag, self.settings.app.session_lifetime_secs).await {
+            if let Err(e) = self.store().put_session_flag(cookie, &flag, self.settings.app.session_lifetime_secs).await {
                 return self.unavailable(session, &e).await;
             }
             finish = format!("{}settings", self.settings.gateway.prefix);
@@ -397,7 +397,7 @@ impl Gateway {
             return Ok(None);
         };
         // Only one request may turn this enrollment into a record.
-        if self.store.take_enrollment(user).await?.is_none() {
+        if self.store().take_enrollment(user).await?.is_none() {
             return Ok(None);
         }
         let vault = self.vault.clone();
@@ -410,7 +410,7 @@ impl Gateway {
         })
         .await??;
         // The confirming code's step counts as used.
-        self.store.put_record(user, &record_bytes, Some(step.0)).await?;
+        self.store().put_record(user, &record_bytes, Some(step.0)).await?;
         Ok(Some(codes))
     }
 
@@ -424,7 +424,7 @@ impl Gateway {
         let Some(ticket) = self.pending_cookie_value(session) else {
             return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await;
         };
-        match self.store.pending(&ticket).await {
+        match self.store().pending(&ticket).await {
             Ok(Some(_)) => {}
             Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
             Err(e) => return self.unavailable(session, &e).await,
@@ -454,12 +454,12 @@ impl Gateway {
             Ok(false) => return self.settings_page(session, ctx, Some("Enter your current password or a current authentication code.")).await,
             Err(e) => return self.unavailable(session, &e).await,
         }
-        let bytes = match self.store.record(&user).await {
+        let bytes = match self.store().record(&user).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return self.settings_page(session, ctx, Some("Two-factor authentication is off.")).await,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        let used = match self.store.used_step(&user).await {
+        let used = match self.store().used_step(&user).await {
             Ok(used) => used,
             Err(e) => return self.unavailable(session, &e).await,
         };
@@ -479,7 +479,7 @@ impl Gateway {
             Ok(Err(e)) => return self.unavailable(session, &e).await,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        if let Err(e) = self.store.put_record(&user, &record_bytes, used).await {
+        if let Err(e) = self.store().put_record(&user, &record_bytes, used).await {
             return self.unavailable(session, &e).await;
         }
         crate::metrics::outcome("backup_codes_regenerated");
@@ -512,7 +512,7 @@ impl Gateway {
             (Ok(_), Ok(_)) => return self.settings_page(session, ctx, Some("Enter your current password and a current authentication code or a backup code.")).await,
             (Err(e), _) | (_, Err(e)) => return self.unavailable(session, &e).await,
         }
-        if let Err(e) = self.store.delete_record(&user).await {
+        if let Err(e) = self.store().delete_record(&user).await {
             return self.unavailable(session, &e).await;
         }
         let vault = self.vault.clone();
@@ -522,7 +522,7 @@ impl Gateway {
         }
         if let Member::Session { cookie, .. } = &member {
             let flag = serde_json::to_vec(&SessionFlag { user: user.clone(), state: "no2fa".into() }).expect("flag serialises");
-            if let Err(e) = self.store.put_session_flag(cookie, &flag, self.settings.app.session_lifetime_secs).await {
+            if let Err(e) = self.store().put_session_flag(cookie, &flag, self.settings.app.session_lifetime_secs).await {
                 return self.unavailable(session, &e).await;
             }
         }

@@ -52,7 +52,7 @@ impl Gateway {
         let Some(ticket) = self.pending_cookie_value(session) else {
             return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await;
         };
-        match self.store.pending(&ticket).await {
+        match self.store().pending(&ticket).await {
             Ok(Some(bytes)) => {
                 if serde_json::from_slice::<PendingLogin>(&bytes).is_ok_and(|p| p.enroll) {
                     let enroll = format!("{}enroll", self.settings.gateway.prefix);
@@ -105,7 +105,7 @@ impl Gateway {
         }
         let code = if backup { field("backup_code").unwrap_or("").to_string() } else { normalize_code(field("code").unwrap_or("")) };
 
-        let pending: PendingLogin = match self.store.pending(&ticket).await {
+        let pending: PendingLogin = match self.store().pending(&ticket).await {
             Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
                 Ok(pending) => pending,
                 Err(_) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
@@ -120,8 +120,8 @@ impl Gateway {
         // cut off by the counter rather than checked.
         let limits = &self.settings.rate_limit;
         let counts = async {
-            let per_user = self.store.count(&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs).await?;
-            let per_address = self.store.count(&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs).await?;
+            let per_user = self.store().count(&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs).await?;
+            let per_address = self.store().count(&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs).await?;
             Ok::<_, StoreError>((per_user, per_address))
         };
         let (per_user, per_address) = match counts.await {
@@ -131,7 +131,7 @@ impl Gateway {
         let user_over = per_user > u64::from(limits.second_factor_per_user.limit);
         let address_over = per_address > u64::from(limits.second_factor_per_address.limit);
         if user_over || address_over {
-            if let Err(e) = self.store.take_pending(&ticket).await {
+            if let Err(e) = self.store().take_pending(&ticket).await {
                 return self.unavailable(session, &e).await;
             }
             let wait = self.lockout_wait(user_over.then_some(user.as_str()), address_over.then_some(address.as_str())).await;
@@ -169,10 +169,10 @@ impl Gateway {
     async fn lockout_wait(&self, user: Option<&str>, address: Option<&str>) -> u64 {
         let mut wait = 1;
         if let Some(user) = user {
-            wait = wait.max(self.store.peek_count(&RateKey::SecondFactorUser(user)).await.map(|(_, ttl)| ttl).unwrap_or(0));
+            wait = wait.max(self.store().peek_count(&RateKey::SecondFactorUser(user)).await.map(|(_, ttl)| ttl).unwrap_or(0));
         }
         if let Some(address) = address {
-            wait = wait.max(self.store.peek_count(&RateKey::SecondFactorAddress(address)).await.map(|(_, ttl)| ttl).unwrap_or(0));
+            wait = wait.max(self.store().peek_count(&RateKey::SecondFactorAddress(address)).await.map(|(_, ttl)| ttl).unwrap_or(0));
         }
         wait as u64
     }
@@ -185,11 +185,10 @@ impl Gateway {
         if !otpgate_hsm::is_well_formed(code, 6) && !otpgate_hsm::is_well_formed(code, 8) {
             return Ok(false);
         }
-        let Some(bytes) = self.store.record(user).await? else {
+        let (Some(bytes), used) = self.store().record_and_used_step(user).await? else {
             return Ok(false);
         };
         crate::metrics::HSM_OPERATIONS.with_label_values(&["totp_verify"]).inc();
-        let used = self.store.used_step(user).await?;
         let vault = self.vault.clone();
         let window = self.settings.totp.window;
         let (user_owned, code_owned) = (user.to_string(), code.to_string());
@@ -203,7 +202,7 @@ impl Gateway {
         })
         .await??;
         match step {
-            Some(step) => Ok(self.store.consume_step(user, step.0).await?),
+            Some(step) => Ok(self.store().consume_step(user, step.0).await?),
             None => Ok(false),
         }
     }
@@ -214,7 +213,7 @@ impl Gateway {
         let Some(code) = crate::backup::normalize(typed) else {
             return Ok(false);
         };
-        let Some(bytes) = self.store.record(user).await? else {
+        let Some(bytes) = self.store().record(user).await? else {
             return Ok(false);
         };
         let vault = self.vault.clone();
@@ -225,7 +224,7 @@ impl Gateway {
         })
         .await??;
         match entry {
-            Some(entry) => Ok(self.store.consume_backup(user, &entry).await?),
+            Some(entry) => Ok(self.store().consume_backup(user, &entry).await?),
             None => Ok(false),
         }
     }
@@ -234,7 +233,7 @@ impl Gateway {
     /// flags the application session as verified. Returns `None` when the
     /// pending login is gone (finished by a concurrent request, or expired).
     pub(crate) async fn release_login(&self, ticket: &str) -> std::result::Result<Option<(PendingLogin, Vec<String>)>, Box<dyn std::error::Error + Send + Sync>> {
-        let Some(bytes) = self.store.take_pending(ticket).await? else {
+        let Some(bytes) = self.store().take_pending(ticket).await? else {
             return Ok(None);
         };
         let pending: PendingLogin = serde_json::from_slice(&bytes)?;
@@ -276,7 +275,7 @@ impl Gateway {
         for header in set_cookies {
             if let Some(cookie) = cookies::parse_set_cookie(header) {
                 if cookie.name == self.settings.app.session_cookie && !cookie.deletes {
-                    self.store.put_session_flag(&cookie.value, &flag, self.settings.app.session_lifetime_secs).await?;
+                    self.store().put_session_flag(&cookie.value, &flag, self.settings.app.session_lifetime_secs).await?;
                 }
             }
         }
@@ -296,7 +295,7 @@ impl Gateway {
             sealed_cookies: data_encoding::BASE64.encode(&sealed),
             enroll,
         };
-        self.store
+        self.store()
             .put_pending(&ticket, &serde_json::to_vec(&pending)?, self.settings.gateway.pending_login_ttl_secs)
             .await?;
         Ok(ticket)

@@ -5,6 +5,7 @@ use pingora::prelude::*;
 
 use crate::challenge::SessionFlag;
 use crate::gateway::{Gateway, RequestCtx};
+use crate::store::digest_hex;
 use crate::{cookies, path};
 
 impl Gateway {
@@ -36,11 +37,23 @@ impl Gateway {
         }
         let mut identity = None;
         for value in &session_values {
-            match self.store.session_flag(value).await {
+            let digest = digest_hex(value.as_bytes());
+            if let Some(user) = self.flags.get(&digest) {
+                if identity.as_ref().is_none_or(|u: &String| *u == user) {
+                    identity = Some(user);
+                    continue;
+                }
+                identity = None;
+                break;
+            }
+            match self.store().session_flag(value).await {
                 Ok(Some(bytes)) => {
                     let flag: Option<SessionFlag> = serde_json::from_slice(&bytes).ok();
                     match flag {
-                        Some(flag) if identity.as_ref().is_none_or(|u: &String| *u == flag.user) => identity = Some(flag.user),
+                        Some(flag) if identity.as_ref().is_none_or(|u: &String| *u == flag.user) => {
+                            self.flags.put(&digest, &flag.user);
+                            identity = Some(flag.user);
+                        }
                         _ => {
                             identity = None;
                             break;
@@ -58,7 +71,8 @@ impl Gateway {
             Some(user) => {
                 if path::same_route(canonical, &self.settings.app.logout_path) {
                     for value in &session_values {
-                        if let Err(e) = self.store.delete_session_flag(value).await {
+                        self.flags.remove(&digest_hex(value.as_bytes()));
+                        if let Err(e) = self.store().delete_session_flag(value).await {
                             return self.unavailable(session, &e).await;
                         }
                     }

@@ -24,7 +24,18 @@ pub(crate) const MAX_FORM_BYTES: usize = 8 * 1024;
 pub struct Gateway {
     pub settings: Arc<Settings>,
     pub vault: Arc<Vault>,
-    pub store: Store,
+    /// The Redis store connected at start-up. Its driver task runs on
+    /// another runtime, which costs cross-thread wake-ups per command.
+    fallback_store: Store,
+    /// A second connection made from the proxy's own runtime once it
+    /// runs, so its driver task shares the worker threads; used as soon as
+    /// it exists.
+    local_store: Arc<tokio::sync::OnceCell<Store>>,
+    /// Start of the latest attempt to make `local_store`, in milliseconds
+    /// since the Unix epoch; attempts are at least 5 s apart.
+    local_store_attempt: std::sync::atomic::AtomicU64,
+    /// Recently confirmed session flags (see `flag_cache`).
+    pub(crate) flags: crate::flag_cache::FlagCache,
     pub(crate) pages: Pages,
     /// Connections to the application for logins and password re-checks.
     pub(crate) connector: pingora::connectors::http::Connector,
@@ -71,7 +82,47 @@ impl Gateway {
     pub fn new(settings: Arc<Settings>, vault: Arc<Vault>, store: Store, upstream_addr: std::net::SocketAddr) -> Gateway {
         let pages = Pages::new(&settings.app.product_name, &settings.gateway.prefix);
         let connector = pingora::connectors::http::Connector::new(None);
-        Gateway { settings, vault, store, pages, connector, upstream_addr }
+        let flags = crate::flag_cache::FlagCache::new(std::time::Duration::from_millis(settings.gateway.session_cache_ms));
+        Gateway {
+            settings,
+            vault,
+            fallback_store: store,
+            local_store: Arc::new(tokio::sync::OnceCell::new()),
+            local_store_attempt: std::sync::atomic::AtomicU64::new(0),
+            flags,
+            pages,
+            connector,
+            upstream_addr,
+        }
+    }
+
+    /// Returns the store: the proxy runtime's own connection once it exists.
+    pub(crate) fn store(&self) -> &Store {
+        self.local_store.get().unwrap_or(&self.fallback_store)
+    }
+
+    /// Starts, in the background, a Redis connection on the runtime of the
+    /// calling request, unless one exists or an attempt began less than 5 s ago.
+    fn connect_local_store(&self) {
+        use std::sync::atomic::Ordering;
+        if self.local_store.initialized() {
+            return;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let last = self.local_store_attempt.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 5_000
+            || self.local_store_attempt.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let cell = self.local_store.clone();
+        let redis = self.settings.redis.clone();
+        tokio::spawn(async move {
+            let timeout = std::time::Duration::from_millis(redis.timeout_ms);
+            if let Err(e) = cell.get_or_try_init(|| Store::connect(&redis.url, &redis.key_prefix, timeout)).await {
+                tracing::warn!(error = %e, "connecting Redis from the proxy runtime failed; using the start-up connection");
+            }
+        });
     }
 
     /// Returns the upstream peer of every request.
@@ -202,6 +253,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.connect_local_store();
         ctx.tls = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
         let peer = session
             .client_addr()
@@ -267,8 +319,8 @@ impl ProxyHttp for Gateway {
             let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
             let limits = &self.settings.rate_limit;
             let counted = async {
-                let per_user = self.store.count(&RateKey::PasswordUser(&user), limits.password_per_user.window_secs).await?;
-                let per_address = self.store.count(&RateKey::PasswordAddress(&address), limits.password_per_address.window_secs).await?;
+                let per_user = self.store().count(&RateKey::PasswordUser(&user), limits.password_per_user.window_secs).await?;
+                let per_address = self.store().count(&RateKey::PasswordAddress(&address), limits.password_per_address.window_secs).await?;
                 Ok::<_, StoreError>((per_user, per_address))
             };
             let (per_user, per_address) = match counted.await {
@@ -304,7 +356,16 @@ impl ProxyHttp for Gateway {
             let uri: http::Uri = format!("{canonical}{query}").parse().map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
             request.set_uri(uri);
         }
-        // Gateway cookies stay at the gateway.
+        // Gateway cookies stay at the gateway. The header is rewritten only
+        // when it carries one.
+        let carries_gateway_cookie = request
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("otpgate_"));
+        if !carries_gateway_cookie {
+            return Ok(());
+        }
         if let Some(header) = request.headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_string) {
             let kept = cookies::without(&header, cookies::is_gateway_cookie);
             request.remove_header("cookie");

@@ -14,11 +14,28 @@ fn fold(name: &str) -> String {
         .collect()
 }
 
+/// Compares a header name with a folded name without allocating.
+fn folds_to(name: &str, folded: &str) -> bool {
+    name.len() == folded.len()
+        && name.chars().zip(folded.chars()).all(|(a, b)| {
+            let a = match a {
+                '_' | '.' => '-',
+                other => other.to_ascii_lowercase(),
+            };
+            a == b
+        })
+}
+
 /// Removes every header that folds to `identity`, and removes `identity`
 /// from `Connection`, so a client cannot make a hop drop the gateway's
 /// own value or smuggle one in.
 pub fn strip_identity(request: &mut RequestHeader, identity: &str) {
     let target = fold(identity);
+    // Fast path: most requests carry neither a copy nor a Connection header.
+    let has_copy = request.headers.keys().any(|name| folds_to(name.as_str(), &target));
+    if !has_copy && !request.headers.contains_key("connection") {
+        return;
+    }
     let names: Vec<String> = request
         .headers
         .keys()

@@ -6,6 +6,7 @@
 mod account;
 mod challenge;
 mod enforce;
+mod flag_cache;
 pub mod admin;
 mod app_login;
 pub mod backup;

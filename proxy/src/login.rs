@@ -154,7 +154,7 @@ impl Gateway {
             return Ok(Answer { header: response, body });
         }
 
-        let record = self.store.record(user).await?;
+        let record = self.store().record(user).await?;
         let enroll = record.is_none() && self.settings.app.policy == Policy::Required;
         if record.is_none() && !enroll {
             self.flag_sessions(&set_cookies, user, "no2fa").await?;

@@ -165,6 +165,17 @@ impl Store {
         Ok(deleted > 0)
     }
 
+    /// Reads a member's record and highest used step in one round trip.
+    pub async fn record_and_used_step(&self, user: &str) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .get(self.member_key("record", user))
+            .get(self.member_key("used", user))
+            .query_async(&mut connection)
+            .await
+            .map_err(self.error())
+    }
+
     /// Returns the highest time step the member has used, if any.
     pub async fn used_step(&self, user: &str) -> Result<Option<u64>, StoreError> {
         let mut connection = self.connection.clone();

@@ -11,3 +11,4 @@ mod gateway_login;
 mod gateway_tls;
 mod hostile;
 mod hsm_vault;
+mod multi_instance;

@@ -51,6 +51,20 @@ impl Stack {
         self.gateway = Some(services::start_gateway(&self.hsm, &self.config, self.gateway_port));
     }
 
+    /// Starts a second gateway instance on the same Redis and token, as a
+    /// deployment behind a load balancer has. Returns it with its base URL.
+    pub fn second_gateway(&self) -> (Process, String) {
+        let port = services::free_port();
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(&format!("127.0.0.1:{}", self.gateway_port), &format!("127.0.0.1:{port}"))
+            .replace(&format!("127.0.0.1:{}", self.admin_port), &format!("127.0.0.1:{}", services::free_port()));
+        let config = self.config.with_file_name("second.toml");
+        std::fs::write(&config, text).unwrap();
+        let process = services::start_gateway(&self.hsm, &config, port);
+        (process, format!("http://127.0.0.1:{port}"))
+    }
+
     /// A URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
@@ -76,13 +90,18 @@ impl Stack {
 
     /// A new browser: a client with its own cookie jar that does not follow redirects.
     pub fn browser(&self) -> Browser {
+        self.browser_at(&self.url(""))
+    }
+
+    /// A new browser whose requests go to `base`.
+    pub fn browser_at(&self, base: &str) -> Browser {
         let jar = Arc::new(Jar::default());
         let client = reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .redirect(Policy::none())
             .build()
             .unwrap();
-        Browser { client, jar, base: self.url("") }
+        Browser { client, jar, base: base.to_string() }
     }
 }
 
