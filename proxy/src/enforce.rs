@@ -5,7 +5,6 @@ use pingora::prelude::*;
 
 use crate::challenge::SessionFlag;
 use crate::gateway::{Gateway, RequestCtx};
-use crate::store::digest_hex;
 use crate::{cookies, path};
 
 impl Gateway {
@@ -37,8 +36,7 @@ impl Gateway {
         }
         let mut identity = None;
         for value in &session_values {
-            let digest = digest_hex(value.as_bytes());
-            if let Some(user) = self.flags.get(&digest) {
+            if let Some(user) = self.flags.get(value) {
                 if identity.as_ref().is_none_or(|u: &String| *u == user) {
                     identity = Some(user);
                     continue;
@@ -51,7 +49,7 @@ impl Gateway {
                     let flag: Option<SessionFlag> = serde_json::from_slice(&bytes).ok();
                     match flag {
                         Some(flag) if identity.as_ref().is_none_or(|u: &String| *u == flag.user) => {
-                            self.flags.put(&digest, &flag.user);
+                            self.flags.put(value, &flag.user);
                             identity = Some(flag.user);
                         }
                         _ => {
@@ -71,7 +69,7 @@ impl Gateway {
             Some(user) => {
                 if path::same_route(canonical, &self.settings.app.logout_path) {
                     for value in &session_values {
-                        self.flags.remove(&digest_hex(value.as_bytes()));
+                        self.flags.remove(value);
                         if let Err(e) = self.store().delete_session_flag(value).await {
                             return self.unavailable(session, &e).await;
                         }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// per entry, so about 10 MB).
 const MAX_ENTRIES: usize = 100_000;
 
-/// Session flags confirmed recently, keyed by the SHA-256 of the cookie.
+/// Session flags confirmed recently, keyed by the session cookie value
+/// (process memory only; Redis keys use its SHA-256).
 pub struct FlagCache {
     ttl: Duration,
     entries: Mutex<HashMap<String, (String, Instant)>>,
@@ -29,17 +30,17 @@ impl FlagCache {
     }
 
     /// Returns the member of a flag confirmed less than `ttl` ago.
-    pub fn get(&self, cookie_digest: &str) -> Option<String> {
+    pub fn get(&self, cookie: &str) -> Option<String> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.lock().expect("flag cache lock");
-        let (user, at) = entries.get(cookie_digest)?;
+        let (user, at) = entries.get(cookie)?;
         (at.elapsed() < self.ttl).then(|| user.clone())
     }
 
     /// Records a flag just read from Redis.
-    pub fn put(&self, cookie_digest: &str, user: &str) {
+    pub fn put(&self, cookie: &str, user: &str) {
         if self.ttl.is_zero() {
             return;
         }
@@ -47,12 +48,12 @@ impl FlagCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(cookie_digest.to_string(), (user.to_string(), Instant::now()));
+        entries.insert(cookie.to_string(), (user.to_string(), Instant::now()));
     }
 
     /// Forgets a flag (logout through this instance).
-    pub fn remove(&self, cookie_digest: &str) {
-        self.entries.lock().expect("flag cache lock").remove(cookie_digest);
+    pub fn remove(&self, cookie: &str) {
+        self.entries.lock().expect("flag cache lock").remove(cookie);
     }
 }
 

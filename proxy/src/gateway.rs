@@ -43,6 +43,8 @@ pub struct Gateway {
     /// resolves a host name with blocking DNS on every request otherwise.
     // TODO: re-resolve periodically for applications whose address changes.
     pub(crate) upstream_addr: std::net::SocketAddr,
+    /// `app.identity_header`, parsed once.
+    identity_header: http::HeaderName,
 }
 
 
@@ -83,7 +85,10 @@ impl Gateway {
         let pages = Pages::new(&settings.app.product_name, &settings.gateway.prefix);
         let connector = pingora::connectors::http::Connector::new(None);
         let flags = crate::flag_cache::FlagCache::new(std::time::Duration::from_millis(settings.gateway.session_cache_ms));
+        let identity_header = http::HeaderName::from_bytes(settings.app.identity_header.as_bytes())
+            .expect("app.identity_header is validated as a header name");
         Gateway {
+            identity_header,
             settings,
             vault,
             fallback_store: store,
@@ -260,15 +265,20 @@ impl ProxyHttp for Gateway {
             .and_then(|addr| addr.as_inet())
             .map(|addr| addr.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let forwarded: Vec<String> = session
-            .req_header()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
-        ctx.client = Some(client_ip::client_ip(peer, &forwarded, &self.settings.gateway.trusted_proxies));
+        // X-Forwarded-For matters only when the peer may be a trusted proxy.
+        ctx.client = Some(if self.settings.gateway.trusted_proxies.is_empty() {
+            peer
+        } else {
+            let forwarded: Vec<String> = session
+                .req_header()
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
+            client_ip::client_ip(peer, &forwarded, &self.settings.gateway.trusted_proxies)
+        });
 
         headers::strip_identity(session.req_header_mut(), &self.settings.app.identity_header);
 
@@ -281,8 +291,8 @@ impl ProxyHttp for Gateway {
             ctx.rewritten_path = Some(canonical.clone());
         }
 
-        let prefix = self.settings.gateway.prefix.clone();
-        if let Some(rest) = canonical.strip_prefix(prefix.as_str()) {
+        let prefix = self.settings.gateway.prefix.as_str();
+        if let Some(rest) = canonical.strip_prefix(prefix) {
             return self.serve_gateway_page(session, ctx, rest).await;
         }
         if path::same_route(&canonical, prefix.trim_end_matches('/')) {
@@ -349,7 +359,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
         headers::strip_identity(request, &self.settings.app.identity_header);
         if let Some(user) = &ctx.identity {
-            request.insert_header(self.settings.app.identity_header.clone(), user.as_str())?;
+            request.insert_header(self.identity_header.clone(), user.as_str())?;
         }
         if let Some(canonical) = &ctx.rewritten_path {
             let query = request.uri.query().map(|q| format!("?{q}")).unwrap_or_default();

@@ -31,6 +31,9 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_plain(raw) {
+        return Ok(raw.to_string());
+    }
     let decoded = decode_unreserved(raw)?;
     if decoded.contains('\\') {
         return Err(PathError::Backslash);
@@ -60,6 +63,20 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
         canonical.push('/');
     }
     Ok(canonical)
+}
+
+/// Reports whether a path is canonical as it is: printable ASCII without
+/// escapes, backslashes, parameters, empty segments or dot segments. Most
+/// request paths are, and skip the full pass.
+fn is_plain(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let clean_bytes = bytes.iter().all(|&b| (0x21..0x7f).contains(&b) && !matches!(b, b'%' | b'\\' | b';'));
+    clean_bytes
+        && !raw.contains("//")
+        && !raw.contains("/./")
+        && !raw.contains("/../")
+        && !raw.ends_with("/.")
+        && !raw.ends_with("/..")
 }
 
 /// Decodes `%XX` escapes of unreserved characters (RFC 3986 section 2.3)
