@@ -1,6 +1,8 @@
 //! Session enforcement: a request that carries the application's session
 //! cookie reaches the application only if Redis has a flag for it.
 
+use std::sync::Arc;
+
 use pingora::prelude::*;
 
 use crate::challenge::SessionFlag;
@@ -23,9 +25,7 @@ impl Gateway {
     ) -> Result<bool> {
         let prefix = &self.settings.gateway.prefix;
         let session_cookie = self.settings.app.session_cookie.clone();
-        let session_values: Vec<String> = cookie_header
-            .map(|h| cookies::values(h, &session_cookie).into_iter().map(str::to_string).collect())
-            .unwrap_or_default();
+        let session_values: Vec<&str> = cookie_header.map(|h| cookies::values(h, &session_cookie)).unwrap_or_default();
         let public = path::is_public(canonical, &self.settings.app.public_paths);
         if session_values.is_empty() {
             if !public && self.pending_cookie_value(session).is_some() && method == "GET" {
@@ -34,10 +34,10 @@ impl Gateway {
             }
             return Ok(false);
         }
-        let mut identity = None;
-        for value in &session_values {
+        let mut identity: Option<Arc<str>> = None;
+        for value in session_values.iter().copied() {
             if let Some(user) = self.flags.get(value) {
-                if identity.as_ref().is_none_or(|u: &String| *u == user) {
+                if identity.as_ref().is_none_or(|u| *u == user) {
                     identity = Some(user);
                     continue;
                 }
@@ -48,9 +48,10 @@ impl Gateway {
                 Ok(Some(bytes)) => {
                     let flag: Option<SessionFlag> = serde_json::from_slice(&bytes).ok();
                     match flag {
-                        Some(flag) if identity.as_ref().is_none_or(|u: &String| *u == flag.user) => {
-                            self.flags.put(value, &flag.user);
-                            identity = Some(flag.user);
+                        Some(flag) if identity.as_ref().is_none_or(|u| **u == *flag.user) => {
+                            let user: Arc<str> = Arc::from(flag.user);
+                            self.flags.put(value, user.clone());
+                            identity = Some(user);
                         }
                         _ => {
                             identity = None;
@@ -68,7 +69,7 @@ impl Gateway {
         match identity {
             Some(user) => {
                 if path::same_route(canonical, &self.settings.app.logout_path) {
-                    for value in &session_values {
+                    for value in session_values.iter().copied() {
                         self.flags.remove(value);
                         if let Err(e) = self.store().delete_session_flag(value).await {
                             return self.unavailable(session, &e).await;

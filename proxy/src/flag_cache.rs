@@ -8,7 +8,7 @@
 //! instance removes the entry at once. Set the key to 0 to turn the cache off.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Entries kept at most; when full, the cache is emptied, which costs one
@@ -20,7 +20,7 @@ const MAX_ENTRIES: usize = 100_000;
 /// (process memory only; Redis keys use its SHA-256).
 pub struct FlagCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (String, Instant)>>,
+    entries: Mutex<HashMap<String, (Arc<str>, Instant)>>,
 }
 
 impl FlagCache {
@@ -30,7 +30,7 @@ impl FlagCache {
     }
 
     /// Returns the member of a flag confirmed less than `ttl` ago.
-    pub fn get(&self, cookie: &str) -> Option<String> {
+    pub fn get(&self, cookie: &str) -> Option<Arc<str>> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -40,7 +40,7 @@ impl FlagCache {
     }
 
     /// Records a flag just read from Redis.
-    pub fn put(&self, cookie: &str, user: &str) {
+    pub fn put(&self, cookie: &str, user: Arc<str>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -48,7 +48,7 @@ impl FlagCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(cookie.to_string(), (user.to_string(), Instant::now()));
+        entries.insert(cookie.to_string(), (user, Instant::now()));
     }
 
     /// Forgets a flag (logout through this instance).
@@ -64,7 +64,7 @@ mod tests {
     #[test]
     fn entry_expires_after_ttl() {
         let cache = FlagCache::new(Duration::from_millis(30));
-        cache.put("d1", "alice");
+        cache.put("d1", Arc::from("alice"));
         assert_eq!(cache.get("d1").as_deref(), Some("alice"));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get("d1"), None);
@@ -73,14 +73,14 @@ mod tests {
     #[test]
     fn zero_ttl_disables_cache() {
         let cache = FlagCache::new(Duration::ZERO);
-        cache.put("d1", "alice");
+        cache.put("d1", Arc::from("alice"));
         assert_eq!(cache.get("d1"), None);
     }
 
     #[test]
     fn remove_forgets_entry() {
         let cache = FlagCache::new(Duration::from_secs(5));
-        cache.put("d1", "alice");
+        cache.put("d1", Arc::from("alice"));
         cache.remove("d1");
         assert_eq!(cache.get("d1"), None);
     }

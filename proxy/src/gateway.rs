@@ -53,7 +53,7 @@ pub struct Gateway {
 pub struct RequestCtx {
     pub(crate) client: Option<IpAddr>,
     pub(crate) tls: bool,
-    pub(crate) identity: Option<String>,
+    pub(crate) identity: Option<Arc<str>>,
     pub(crate) rewritten_path: Option<String>,
     /// The HTML response gets the settings link; its body is collected here.
     inject: Option<Vec<u8>>,
@@ -282,13 +282,16 @@ impl ProxyHttp for Gateway {
 
         headers::strip_identity(session.req_header_mut(), &self.settings.app.identity_header);
 
-        let raw_path = session.req_header().uri.path().to_string();
-        let canonical = match path::canonicalize(&raw_path) {
+        // Cheap clones (shared bytes), so the path and cookies can be read
+        // while the session is borrowed mutably below.
+        let uri = session.req_header().uri.clone();
+        let raw_path = uri.path();
+        let canonical = match path::canonicalize(raw_path) {
             Ok(canonical) => canonical,
             Err(e) => return self.bad_request(session, &format!("Invalid request path: {e}.")).await,
         };
         if canonical != raw_path {
-            ctx.rewritten_path = Some(canonical.clone());
+            ctx.rewritten_path = Some(canonical.to_string());
         }
 
         let prefix = self.settings.gateway.prefix.as_str();
@@ -299,8 +302,9 @@ impl ProxyHttp for Gateway {
             return self.serve_gateway_page(session, ctx, "").await;
         }
 
-        let cookie_header = session.req_header().headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let method = session.req_header().method.as_str().to_string();
+        let cookie_header = session.req_header().headers.get("cookie").cloned();
+        let method = session.req_header().method.clone();
+        let method = method.as_str();
 
         // Login interception: read the whole body first, so an oversized
         // login never reaches the application at all.
@@ -349,7 +353,8 @@ impl ProxyHttp for Gateway {
             return self.proxy_login(session, ctx, &route, &user, body).await;
         }
 
-        self.enforce_session(session, ctx, &canonical, &method, cookie_header.as_deref()).await
+        let cookie_header = cookie_header.as_ref().and_then(|v| v.to_str().ok());
+        self.enforce_session(session, ctx, &canonical, method, cookie_header).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -359,7 +364,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
         headers::strip_identity(request, &self.settings.app.identity_header);
         if let Some(user) = &ctx.identity {
-            request.insert_header(self.identity_header.clone(), user.as_str())?;
+            request.insert_header(self.identity_header.clone(), user.as_ref())?;
         }
         if let Some(canonical) = &ctx.rewritten_path {
             let query = request.uri.query().map(|q| format!("?{q}")).unwrap_or_default();

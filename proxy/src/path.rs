@@ -2,6 +2,8 @@
 //! path forwarded to the application use the output of [`canonicalize`],
 //! so a rule is always applied to exactly the path the application sees.
 
+use std::borrow::Cow;
+
 /// A request path the gateway refuses to interpret (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -27,12 +29,12 @@ pub enum PathError {
 /// they mean: encoded `/`, `\` or `.` (`%2F`, `%5C`, `%2E`), raw
 /// backslashes, `;` path parameters, control characters, malformed
 /// escapes and `..` above the root.
-pub fn canonicalize(raw: &str) -> Result<String, PathError> {
+pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     if is_plain(raw) {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let decoded = decode_unreserved(raw)?;
     if decoded.contains('\\') {
@@ -62,7 +64,7 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
     if canonical.is_empty() || (trailing_slash && !segments.is_empty()) {
         canonical.push('/');
     }
-    Ok(canonical)
+    Ok(Cow::Owned(canonical))
 }
 
 /// Reports whether a path is canonical as it is: printable ASCII without
