@@ -119,12 +119,14 @@ impl Gateway {
         // Count the attempt before any HSM call, so a burst of guesses is
         // cut off by the counter rather than checked.
         let limits = &self.settings.rate_limit;
-        let counts = async {
-            let per_user = self.store().count(&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs).await?;
-            let per_address = self.store().count(&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs).await?;
-            Ok::<_, StoreError>((per_user, per_address))
-        };
-        let (per_user, per_address) = match counts.await {
+        let counted = self
+            .store()
+            .count_pair(
+                (&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs),
+                (&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs),
+            )
+            .await;
+        let (per_user, per_address) = match counted {
             Ok(counts) => counts,
             Err(e) => return self.unavailable(session, &e).await,
         };

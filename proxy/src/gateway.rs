@@ -14,7 +14,7 @@ use pingora::prelude::*;
 
 use crate::cookies;
 use crate::pages::Pages;
-use crate::store::{RateKey, Store, StoreError};
+use crate::store::{RateKey, Store};
 use crate::{client_ip, headers, path};
 
 /// Largest body of a gateway form, in bytes.
@@ -332,12 +332,14 @@ impl ProxyHttp for Gateway {
             let user = self.settings.app.member_name(&username_from(route, &body).unwrap_or_default());
             let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
             let limits = &self.settings.rate_limit;
-            let counted = async {
-                let per_user = self.store().count(&RateKey::PasswordUser(&user), limits.password_per_user.window_secs).await?;
-                let per_address = self.store().count(&RateKey::PasswordAddress(&address), limits.password_per_address.window_secs).await?;
-                Ok::<_, StoreError>((per_user, per_address))
-            };
-            let (per_user, per_address) = match counted.await {
+            let counted = self
+                .store()
+                .count_pair(
+                    (&RateKey::PasswordUser(&user), limits.password_per_user.window_secs),
+                    (&RateKey::PasswordAddress(&address), limits.password_per_address.window_secs),
+                )
+                .await;
+            let (per_user, per_address) = match counted {
                 Ok(counts) => counts,
                 Err(e) => return self.unavailable(session, &e).await,
             };

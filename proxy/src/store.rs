@@ -244,6 +244,18 @@ impl Store {
             .map_err(self.error())
     }
 
+    /// Increments two rate-limit counters in one round trip (a pipeline of
+    /// two script calls, so the keys may live in different cluster slots)
+    /// and returns their new counts.
+    pub async fn count_pair(&self, first: (&RateKey<'_>, u64), second: (&RateKey<'_>, u64)) -> Result<(u64, u64), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        for (counter, window_secs) in [first, second] {
+            pipe.cmd("EVAL").arg(COUNT_SCRIPT).arg(1).arg(self.rate_key(counter)).arg(window_secs);
+        }
+        pipe.query_async(&mut connection).await.map_err(self.error())
+    }
+
     /// Returns a counter's current value and its seconds to expiry.
     pub async fn peek_count(&self, counter: &RateKey<'_>) -> Result<(u64, i64), StoreError> {
         let mut connection = self.connection.clone();
