@@ -21,7 +21,7 @@ impl KeyRole {
     /// Every role, in creation order.
     pub const ALL: [KeyRole; 3] = [KeyRole::Wrapping, KeyRole::Record, KeyRole::Blob];
 
-    /// The `CKA_LABEL` of the key.
+    /// Returns the `CKA_LABEL` of the key.
     pub fn label(self) -> &'static str {
         match self {
             KeyRole::Wrapping => "otpgate-wrapping-key",
@@ -105,7 +105,7 @@ pub const REQUIRED_MECHANISMS: [(MechanismType, &str); 7] = [
     (MechanismType::SHA512_HMAC, "CKM_SHA512_HMAC"),
 ];
 
-/// What `otpgate hsm status` prints.
+/// The token's state, as `otpgate hsm status` prints it.
 #[derive(Debug, Clone)]
 pub struct HsmStatus {
     pub token_label: String,

@@ -1,7 +1,7 @@
 //! A pool of logged-in PKCS#11 sessions, one in use per thread at a time.
 //!
 //! When the token invalidates sessions (`C_CloseAllSessions`, a device
-//! error), a session handle the pool still holds may be given to a new
+//! error), a session handle still in the pool may be given to a new
 //! session by the token. Using or closing such a stale handle would act
 //! on somebody else's session, so the pool counts generations: after a
 //! failure every session of the older generation is forgotten, never
@@ -70,7 +70,7 @@ pub(crate) struct SessionPool {
     label: String,
     pin: AuthPin,
     size: usize,
-    /// Held while a session is opened and logged in. SoftHSM 2.6 can answer
+    /// Held while a session is opened and logged in. SoftHSM 2.6 can return
     /// CKR_USER_ALREADY_LOGGED_IN to a second concurrent C_Login before the
     /// first has unlocked the token's private objects.
     login: Mutex<()>,
@@ -129,7 +129,7 @@ impl SessionPool {
             .open_rw_session(self.slot)
             .map_err(HsmError::pkcs11("C_OpenSession"))?;
         // NOTE: PKCS#11 keeps the login state per process and token, so
-        // once one session is logged in, C_Login answers
+        // once one session is logged in, C_Login returns
         // CKR_USER_ALREADY_LOGGED_IN without checking the PIN again.
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) => Ok(session),
@@ -220,7 +220,7 @@ impl SessionPool {
     }
 
     /// Retires `failed` and every session of its generation, waits until no
-    /// thread holds an old session, and opens a new one.
+    /// thread uses an old session, and opens a new one.
     fn replace_after_failure(&self, failed: PooledSession) -> Result<PooledSession, HsmError> {
         let mut state = self.lock();
         state.check_in(failed.generation);

@@ -41,6 +41,15 @@ impl Member {
     }
 }
 
+/// A member page's form with the member it belongs to.
+struct MemberForm {
+    member: Member,
+    fields: Vec<(String, String)>,
+    user: String,
+    /// The client address, for logs and rate limits.
+    address: String,
+}
+
 /// A seed shown to the member but not confirmed yet.
 #[derive(Serialize, Deserialize)]
 struct Enrollment {
@@ -124,6 +133,20 @@ impl Gateway {
         Ok(Some(fields))
     }
 
+    /// Resolves the member and reads a checked form. Responds itself and
+    /// returns `None` when either fails.
+    async fn member_form(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Option<MemberForm>> {
+        let Some(member) = self.require_member(session, ctx).await? else {
+            return Ok(None);
+        };
+        let Some(fields) = self.read_form(session, &member).await? else {
+            return Ok(None);
+        };
+        let user = member.user().to_string();
+        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
+        Ok(Some(MemberForm { member, fields, user, address }))
+    }
+
     pub(crate) async fn settings_page(&self, session: &mut Session, ctx: &RequestCtx, error: Option<&str>) -> Result<bool> {
         let Some(member) = self.require_member(session, ctx).await? else {
             return Ok(true);
@@ -176,14 +199,9 @@ impl Gateway {
     }
 
     pub(crate) async fn enroll_start(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
-        let Some(member) = self.require_member(session, ctx).await? else {
+        let Some(MemberForm { member, fields, user, address }) = self.member_form(session, ctx).await? else {
             return Ok(true);
         };
-        let Some(fields) = self.read_form(session, &member).await? else {
-            return Ok(true);
-        };
-        let user = member.user().to_string();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         match self.store().record(&user).await {
             Ok(Some(_)) => return self.settings_page(session, ctx, Some("Two-factor authentication is already on. Disable it first to configure a new app.")).await,
             Ok(None) => {}
@@ -318,14 +336,9 @@ impl Gateway {
     }
 
     pub(crate) async fn enroll_verify(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
-        let Some(member) = self.require_member(session, ctx).await? else {
+        let Some(MemberForm { member, fields, user, address }) = self.member_form(session, ctx).await? else {
             return Ok(true);
         };
-        let Some(fields) = self.read_form(session, &member).await? else {
-            return Ok(true);
-        };
-        let user = member.user().to_string();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let code = normalize_code(field(&fields, "code"));
         let bytes = match self.store().enrollment(&user).await {
             Ok(Some(bytes)) => bytes,
@@ -434,14 +447,9 @@ impl Gateway {
     }
 
     pub(crate) async fn regenerate_backup(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
-        let Some(member) = self.require_member(session, ctx).await? else {
+        let Some(MemberForm { fields, user, address, .. }) = self.member_form(session, ctx).await? else {
             return Ok(true);
         };
-        let Some(fields) = self.read_form(session, &member).await? else {
-            return Ok(true);
-        };
-        let user = member.user().to_string();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let password = field(&fields, "password");
         let code = normalize_code(field(&fields, "code"));
         let proven = if !code.is_empty() {
@@ -489,14 +497,9 @@ impl Gateway {
     }
 
     pub(crate) async fn disable(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
-        let Some(member) = self.require_member(session, ctx).await? else {
+        let Some(MemberForm { member, fields, user, address }) = self.member_form(session, ctx).await? else {
             return Ok(true);
         };
-        let Some(fields) = self.read_form(session, &member).await? else {
-            return Ok(true);
-        };
-        let user = member.user().to_string();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let typed = field(&fields, "code");
         let second_factor = {
             let totp = normalize_code(typed);

@@ -27,9 +27,8 @@ pub struct Gateway {
     /// The Redis store connected at start-up. Its driver task runs on
     /// another runtime, which costs cross-thread wake-ups per command.
     fallback_store: Store,
-    /// A second connection made from the proxy's own runtime once it
-    /// runs, so its driver task shares the worker threads; used as soon as
-    /// it exists.
+    /// A second connection, made from the proxy's own runtime so that its
+    /// driver task shares the worker threads. It is used as soon as it exists.
     local_store: Arc<tokio::sync::OnceCell<Store>>,
     /// Start of the latest attempt to make `local_store`, in milliseconds
     /// since the Unix epoch; attempts are at least 5 s apart.

@@ -1,10 +1,10 @@
 //! Canonical request paths. Every routing rule of the gateway and the
 //! path forwarded to the application use the output of [`canonicalize`],
-//! so a rule is always applied to exactly the path the application sees.
+//! so a rule is always applied to exactly the path the application receives.
 
 use std::borrow::Cow;
 
-/// A request path the gateway refuses to interpret (answered with 400).
+/// A request path the gateway rejects (with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("the path does not start with /")]

@@ -84,7 +84,7 @@ impl EnrollmentRecord {
         Ok(record)
     }
 
-    /// The sealed seed.
+    /// Decodes the sealed seed.
     pub fn sealed(&self) -> Result<SealedSeed, RecordError> {
         let bytes = BASE64
             .decode(self.sealed_seed.as_bytes())
@@ -92,7 +92,7 @@ impl EnrollmentRecord {
         Ok(SealedSeed::from_bytes(&bytes)?)
     }
 
-    /// The TOTP parameters.
+    /// Returns the TOTP parameters.
     pub fn params(&self) -> Result<TotpParams, RecordError> {
         let algorithm = Algorithm::parse(&self.algorithm).ok_or_else(|| RecordError::Malformed {
             user: self.user.clone(),

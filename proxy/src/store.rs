@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
-/// A Redis failure. The gateway answers 503 to anything that needs the
+/// A Redis failure. The gateway responds with 503 to anything that needs the
 /// store while this happens; it never lets a request through instead.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,7 +111,7 @@ impl Store {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// Checks that Redis answers, for `/readyz`.
+    /// Checks that Redis responds, for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("PING").query_async::<String>(&mut connection).await.map_err(self.error())?;
@@ -135,8 +135,8 @@ impl Store {
     }
 
     /// Writes a member's enrollment record bytes, sets (or clears) the used
-    /// step, because a new seed starts a new sequence of codes, and forgets
-    /// which backup codes were used, because the record carries a new set.
+    /// step, because a new seed starts a new sequence of codes, and clears
+    /// the set of used backup codes, because the record carries a new set.
     pub async fn put_record(&self, user: &str, record: &[u8], used_step: Option<u64>) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();

@@ -12,9 +12,21 @@ use super::softhsm::{SoftHsm, MODULE, USER_PIN};
 /// Bearer token of the admin API in test deployments.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// Returns a port that was free a moment ago on 127.0.0.1.
+/// Returns a port that is free on 127.0.0.1 now and that no other test of
+/// this process was given. Ports come from a counter below Linux's
+/// ephemeral range (32768 and up), so neither parallel tests nor outgoing
+/// connections take the same port between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 6_000) as u16, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `port` (at most 30 s).
@@ -77,7 +89,7 @@ impl Redis {
     }
 }
 
-/// The path of a binary built by cargo for this test run.
+/// Returns the path of a binary built by cargo for this test run.
 pub fn binary(name: &str) -> PathBuf {
     let mut path = std::env::current_exe().unwrap();
     path.pop();

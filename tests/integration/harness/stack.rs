@@ -65,12 +65,12 @@ impl Stack {
         (process, format!("http://127.0.0.1:{port}"))
     }
 
-    /// A URL on the admin listener.
+    /// Returns a URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
-    /// The gateway's base URL.
+    /// Returns a URL on the gateway.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.gateway_port)
     }
@@ -88,12 +88,12 @@ impl Stack {
         assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// A new browser: a client with its own cookie jar that does not follow redirects.
+    /// Creates a browser: a client with its own cookie jar that does not follow redirects.
     pub fn browser(&self) -> Browser {
         self.browser_at(&self.url(""))
     }
 
-    /// A new browser whose requests go to `base`.
+    /// Creates a browser whose requests go to `base`.
     pub fn browser_at(&self, base: &str) -> Browser {
         let jar = Arc::new(Jar::default());
         let client = reqwest::Client::builder()
