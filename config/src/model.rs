@@ -202,11 +202,10 @@ pub struct AppSettings {
     /// Insert a link to the 2FA settings page into the application's HTML pages.
     #[serde(default)]
     pub inject_settings_link: bool,
-    /// How the application compares login names. `insensitive` (default)
-    /// lower-cases names before the gateway looks up a member, so `ALICE`
-    /// cannot pass as a member without 2FA when the application logs in
-    /// `alice`; use `sensitive` only for applications that keep `Bob` and
-    /// `bob` apart.
+    /// Letter-case rule of login names. `insensitive` (default) lower-cases
+    /// names before the gateway looks up a member, so `ALICE` cannot pass as
+    /// a member without 2FA when the application logs in `alice`. Use
+    /// `sensitive` only for applications that keep `Bob` and `bob` apart.
     #[serde(default)]
     pub username_case: UsernameCase,
     /// Header that carries the verified member name to the application.

@@ -29,7 +29,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where a secret comes from: the name of an environment variable or a file path.
+/// Source of a secret: the name of an environment variable or a file path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// The secret is the value of this environment variable.

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// A minimal valid config whose `hsm.module` is the test binary itself, a
-/// file that exists on every machine the tests run on.
+/// Returns a minimal valid config whose `hsm.module` is the test binary
+/// itself, a file that exists on every machine the tests run on.
 fn minimal(extra_hsm: &str, extra: &str) -> String {
     let module = std::env::current_exe().unwrap();
     format!(

@@ -3,7 +3,7 @@
 //! When the token invalidates sessions (`C_CloseAllSessions`, a device
 //! error), a session handle still in the pool may be given to a new
 //! session by the token. Using or closing such a stale handle would act
-//! on somebody else's session, so the pool counts generations: after a
+//! on another thread's session, so the pool counts generations: after a
 //! failure every session of the older generation is forgotten, never
 //! closed, and new sessions are opened only once no thread still holds an
 //! old one.

@@ -11,10 +11,10 @@ use crate::{cookies, path};
 
 impl Gateway {
     /// Lets the request through (`Ok(false)`) when it carries no session
-    /// cookie or a flagged one; otherwise responds itself: 303 to the login page
-    /// for an HTML GET, 401 for anything else, 303 to the challenge while a
-    /// login is pending. An unflagged cookie on a public path is removed
-    /// instead. Sets `ctx.identity` for flagged sessions.
+    /// cookie or a flagged one, and sets `ctx.identity` for a flagged one.
+    /// Otherwise it responds itself: 303 to the login page for an HTML GET,
+    /// 401 for anything else, and 303 to the challenge while a login is
+    /// pending. On a public path an unflagged cookie is removed instead.
     pub(crate) async fn enforce_session(
         &self,
         session: &mut Session,

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Entries kept at most; when full, the cache is emptied, which costs one
-/// Redis round trip per active session and bounds memory (about 100 bytes
-/// per entry, so about 10 MB).
+/// Maximum number of entries. A full cache is emptied: that costs one
+/// Redis round trip per active session and bounds memory to an estimated
+/// 10 MB (about 100 bytes per entry).
 const MAX_ENTRIES: usize = 100_000;
 
 /// Session flags confirmed recently, keyed by the session cookie value

@@ -124,7 +124,7 @@ impl Gateway {
     }
 
     /// Applies the success rule and the member's 2FA state to the
-    /// application's answer.
+    /// application's response.
     async fn judge_login(
         &self,
         ctx: &RequestCtx,

@@ -49,13 +49,7 @@ async fn enroll(stack: &Stack, user: &str, password: &str) -> (Browser, String, 
     assert!(page.contains(&grouped), "the page shows the secret grouped in fours");
 
     let code = oathtool_base32(&secret, now());
-    let done = browser
-        .client
-        .post(stack.url("/_otpgate/enroll/verify"))
-        .form(&[("code", code.as_str()), ("csrf_token", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let done = browser.submit_enrollment(&code, &csrf).await;
     assert_eq!(done.status(), 200);
     let text = done.text().await.unwrap();
     assert!(text.contains("Finish"), "{text}");
@@ -94,13 +88,7 @@ async fn wrong_enrollment_code_saves_nothing() {
     browser.login("carol", "singer-42").await;
     let page = browser.post_form("/_otpgate/settings", "/_otpgate/enroll/start", &[("password", "singer-42")]).await;
     let csrf = csrf_in(&page.text().await.unwrap());
-    let wrong = browser
-        .client
-        .post(stack.url("/_otpgate/enroll/verify"))
-        .form(&[("code", "000000"), ("csrf_token", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let wrong = browser.submit_enrollment("000000", &csrf).await;
     assert_eq!(wrong.status(), 401);
     let status = stack.otpgate(&["user", "status", "carol"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("no two-factor"), "the seed was saved before a correct code");
@@ -196,13 +184,7 @@ async fn required_policy_enrolls_before_anything() {
     let page = browser.get("/_otpgate/enroll").await.text().await.unwrap();
     let csrf = csrf_in(&page);
     let (_uri, secret) = scan_secret(&browser).await;
-    let done = browser
-        .client
-        .post(stack.url("/_otpgate/enroll/verify"))
-        .form(&[("code", oathtool_base32(&secret, now()).as_str()), ("csrf_token", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let done = browser.submit_enrollment(&oathtool_base32(&secret, now()), &csrf).await;
     assert_eq!(done.status(), 200);
     assert!(browser.has_cookie("sessionid"), "the held session was not released after enrollment");
     assert_eq!(browser.get("/dashboard").await.status(), 200);

@@ -217,13 +217,7 @@ async fn concurrent_backup_code_consumed_once() {
     let (enrolled, secret, codes) = {
         let (browser, uri, csrf) = start_enrollment(&stack, "bob", "builder-42").await;
         let secret = uri_param(&uri, "secret").unwrap();
-        let page = browser
-            .client
-            .post(stack.url("/_otpgate/enroll/verify"))
-            .form(&[("code", oathtool_base32(&secret, now()).as_str()), ("csrf_token", csrf.as_str())])
-            .send()
-            .await
-            .unwrap()
+        let page = browser.submit_enrollment(&oathtool_base32(&secret, now()), &csrf).await
             .text()
             .await
             .unwrap();
@@ -488,13 +482,7 @@ async fn wrong_enrollment_code_grants_nothing() {
     assert_eq!(browser.login("erin", "explorer-42").await.status(), 303);
     let page = browser.get("/_otpgate/enroll").await.text().await.unwrap();
     let csrf = csrf_in(&page);
-    let wrong = browser
-        .client
-        .post(stack.url("/_otpgate/enroll/verify"))
-        .form(&[("code", "000000"), ("csrf_token", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let wrong = browser.submit_enrollment("000000", &csrf).await;
     assert_eq!(wrong.status(), 401);
     let tab = browser.get("/dashboard").await;
     assert_eq!(tab.status(), 303);

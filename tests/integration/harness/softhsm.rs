@@ -58,7 +58,7 @@ impl SoftHsm {
         self.dir.path().join("softhsm2.conf")
     }
 
-    /// The temporary directory that holds the configuration and tokens.
+    /// Returns the temporary directory with the configuration and tokens.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -173,6 +173,17 @@ impl Browser {
             .unwrap()
     }
 
+    /// Submits the code that confirms an enrollment, with the CSRF token
+    /// of the page that showed the seed.
+    pub async fn submit_enrollment(&self, code: &str, csrf: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/_otpgate/enroll/verify", self.base))
+            .form(&[("code", code), ("csrf_token", csrf)])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Submits a backup code on the backup challenge page.
     pub async fn submit_backup(&self, code: &str) -> reqwest::Response {
         self.post_form("/_otpgate/challenge/backup", "/_otpgate/challenge/backup", &[("backup_code", code)]).await
