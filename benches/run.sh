@@ -3,9 +3,10 @@
 #
 #  1. Scale: verification latency with 1,000 and 1,000,000 enrolled members
 #     (benches/scale.rs, which starts its own SoftHSM token and Redis servers).
-#  2. Pass-through of a verified session: wrk against otpgate, nginx and a
-#     plain pingora proxy in front of one fixed upstream, and against the
-#     upstream directly.
+#  2. Pass-through of a verified session: wrk against otpgate (default
+#     settings, and again with app.identity_header set), nginx and a plain
+#     pingora proxy in front of one fixed upstream, and against the upstream
+#     directly.
 #  3. Second-factor verifications per second through HTTP, beside
 #     Vault::verify alone on the same token.
 #  4. Peak RSS of each proxy under the load of (2), and RSS with 10,000 idle
@@ -13,7 +14,7 @@
 #
 # Every server listens on 127.0.0.1 only and is stopped on exit. Every load
 # is bounded in time or count. Settings (environment variables):
-#   BENCH_RUNS (3)             runs of each measurement; the table shows medians
+#   BENCH_RUNS (5)             runs of each measurement; the table shows medians
 #   BENCH_DURATION (10)        seconds of each wrk run
 #   BENCH_CONNECTIONS (50)     wrk connections
 #   BENCH_SCALE_SMALL (1000), BENCH_SCALE_LARGE (1000000)   members in (1)
@@ -25,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 DURATION=${BENCH_DURATION:-10}
 CONNECTIONS=${BENCH_CONNECTIONS:-50}
 SCALE_SMALL=${BENCH_SCALE_SMALL:-1000}
@@ -236,6 +237,21 @@ start_gateway() {
     wait_port "$GATEWAY_PORT" "otpgate serve"
 }
 
+# A second gateway on the same Redis and token, with the identity header
+# on, to show what adding one request header costs.
+IDENTITY_PORT=$(free_port)
+IDENTITY_ADMIN_PORT=$(free_port)
+sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$IDENTITY_PORT/" -e "s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$IDENTITY_ADMIN_PORT/" \
+    -e 's/^public_paths = .*/&\nidentity_header = "X-Otpgate-User"/' "$WORK/otpgate.toml" >"$WORK/otpgate-identity.toml"
+IDENTITY_PID=
+start_identity_gateway() {
+    "$BIN/otpgate" serve --config "$WORK/otpgate-identity.toml" 2>>"$WORK/gateway-identity.log" &
+    IDENTITY_PID=$!
+    PIDS+=("$IDENTITY_PID")
+    STOP_SIGNAL[$IDENTITY_PID]=INT
+    wait_port "$IDENTITY_PORT" "otpgate serve (identity header)"
+}
+
 PLAIN_PORT=$(free_port)
 PLAIN_PID=
 start_plain() {
@@ -291,6 +307,7 @@ nginx_pids() {
 }
 
 start_gateway
+start_identity_gateway
 start_plain
 start_nginx
 
@@ -304,15 +321,17 @@ status=$(curl -s -o /dev/null -w '%{http_code}' -H "$COOKIE" "http://127.0.0.1:$
 [[ $status == 200 ]] || { echo "the verified session got HTTP $status from the gateway" >&2; exit 1; }
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: sessionid=not-a-session" "http://127.0.0.1:$GATEWAY_PORT$REQUEST_PATH")
 [[ $status == 401 ]] || { echo "an unknown session got HTTP $status from the gateway, expected 401" >&2; exit 1; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "$COOKIE" "http://127.0.0.1:$IDENTITY_PORT$REQUEST_PATH")
+[[ $status == 200 ]] || { echo "the verified session got HTTP $status from the gateway with the identity header" >&2; exit 1; }
 echo "verified session cookie obtained; an unknown session cookie gets 401"
 
 # ----------------------------------------------------- (2) pass-through
 
 echo
 echo "== (2) pass-through: wrk -t1 -c$CONNECTIONS -d${DURATION}s, $RUNS runs, order rotated per run"
-declare -A PORT=([upstream]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [plain]=$PLAIN_PORT [otpgate]=$GATEWAY_PORT)
+declare -A PORT=([upstream]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [plain]=$PLAIN_PORT [otpgate]=$GATEWAY_PORT [otpgate_id]=$IDENTITY_PORT)
 declare -A RPS P50 P99 ERRORS
-TARGETS=(upstream nginx plain otpgate)
+TARGETS=(upstream nginx plain otpgate otpgate_id)
 
 # Converts a wrk latency such as 612.00us, 1.20ms or 1.01s to milliseconds.
 to_ms() {
@@ -353,6 +372,7 @@ for ((run = 1; run <= RUNS; run++)); do
         case $target in
             upstream) proxy_pids= ;;
             otpgate) proxy_pids=$GATEWAY_PID ;;
+            otpgate_id) proxy_pids=$IDENTITY_PID ;;
             plain) proxy_pids=$PLAIN_PID ;;
             nginx) proxy_pids=$(nginx_pids) ;;
         esac
@@ -369,7 +389,7 @@ for ((run = 1; run <= RUNS; run++)); do
         P50[$target,$run]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
         P99[$target,$run]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
         ERRORS[$target,$run]=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
-        printf 'run %d %-8s %10s req/s  p50 %7s ms  p99 %7s ms  errors %s  CPU µs/request: proxy %s, upstream %s, redis %s\n' \
+        printf 'run %d %-10s %10s req/s  p50 %7s ms  p99 %7s ms  errors %s  CPU µs/request: proxy %s, upstream %s, redis %s\n' \
             "$run" "$target" "${RPS[$target,$run]}" "${P50[$target,$run]}" "${P99[$target,$run]}" "${ERRORS[$target,$run]}" \
             "${CPU_PROXY[$target,$run]}" "${CPU_UPSTREAM[$target,$run]}" "${CPU_REDIS[$target,$run]}"
     done
@@ -384,6 +404,7 @@ HWM_LOAD_NGINX=$(proc_kib VmHWM $(nginx_pids))
 echo
 echo "== (4) $IDLE_CONNECTIONS idle keep-alive connections, held ${IDLE_HOLD_SECS} s, on freshly started proxies"
 stop_pid "$GATEWAY_PID"
+stop_pid "$IDENTITY_PID"
 stop_pid "$PLAIN_PID"
 stop_pid "$NGINX_PID"
 start_gateway
@@ -473,7 +494,7 @@ if [[ $SKIP_SCALE != 1 ]]; then
     echo "| (1) verification p99, same | $(result scale_large_p99_us "$S") µs | $(result scale_small_p99_us "$S") µs | $(result scale_p99_ratio "$S") | | | |"
     echo "| (1) Redis memory per member | $(result scale_large_bytes_per_member "$S") B | $(result scale_small_bytes_per_member "$S") B | | | | |"
 fi
-for target in upstream nginx plain otpgate; do
+for target in upstream nginx plain otpgate otpgate_id; do
     declare "MED_RPS_$target=$(median $(runs_of RPS "$target"))"
     declare "MED_P99_$target=$(median $(runs_of P99 "$target"))"
 done
@@ -481,12 +502,18 @@ R_NGINX=$(median $(per_run_ratio RPS otpgate RPS nginx))
 R_PLAIN=$(median $(per_run_ratio RPS otpgate RPS plain))
 R_P99=$(median $(per_run_ratio P99 otpgate P99 nginx))
 R_UP=$(median $(per_run_ratio RPS upstream RPS otpgate))
+R_ID_PLAIN=$(median $(per_run_ratio RPS otpgate_id RPS plain))
+R_ID_NGINX=$(median $(per_run_ratio RPS otpgate_id RPS nginx))
+R_ID_P99=$(median $(per_run_ratio P99 otpgate_id P99 nginx))
 echo "| (2) req/s, otpgate vs nginx | $MED_RPS_otpgate | $MED_RPS_nginx | $R_NGINX | $(per_run_ratio RPS otpgate RPS nginx) | ≥ 0.9 | $(check "$R_NGINX" ">=" 0.9) |"
 echo "| (2) req/s, otpgate vs plain pingora | $MED_RPS_otpgate | $MED_RPS_plain | $R_PLAIN | $(per_run_ratio RPS otpgate RPS plain) | ≥ 0.95 | $(check "$R_PLAIN" ">=" 0.95) |"
 echo "| (2) p99 latency, otpgate vs nginx | $MED_P99_otpgate ms | $MED_P99_nginx ms | $R_P99 | $(per_run_ratio P99 otpgate P99 nginx) | ≤ 1.25 | $(check "$R_P99" "<=" 1.25) |"
+echo "| (2) req/s, otpgate with identity header vs plain pingora | $MED_RPS_otpgate_id | $MED_RPS_plain | $R_ID_PLAIN | $(per_run_ratio RPS otpgate_id RPS plain) | ≥ 0.95 | $(check "$R_ID_PLAIN" ">=" 0.95) |"
+echo "| (2) req/s, otpgate with identity header vs nginx | $MED_RPS_otpgate_id | $MED_RPS_nginx | $R_ID_NGINX | $(per_run_ratio RPS otpgate_id RPS nginx) | ≥ 0.9 | $(check "$R_ID_NGINX" ">=" 0.9) |"
+echo "| (2) p99 latency, otpgate with identity header vs nginx | $MED_P99_otpgate_id ms | $MED_P99_nginx ms | $R_ID_P99 | $(per_run_ratio P99 otpgate_id P99 nginx) | ≤ 1.25 | $(check "$R_ID_P99" "<=" 1.25) |"
 echo "| (2) req/s, upstream alone vs otpgate | $MED_RPS_upstream | $MED_RPS_otpgate | $R_UP | $(per_run_ratio RPS upstream RPS otpgate) | upstream not the limit | |"
 echo "| (2) p99 latency, plain pingora and upstream alone | $MED_P99_plain ms | $MED_P99_upstream ms | | | | |"
-for target in otpgate plain nginx; do
+for target in otpgate otpgate_id plain nginx; do
     echo "| (2) $target: CPU µs per request in the proxy, in Redis | $(median $(runs_of CPU_PROXY "$target")) | $(median $(runs_of CPU_REDIS "$target")) | | | | |"
 done
 echo "| (2) CPU per request, otpgate + its Redis vs plain pingora | $(median $(runs_of CPU_PROXY otpgate)) + $(median $(runs_of CPU_REDIS otpgate)) µs | $(median $(runs_of CPU_PROXY plain)) µs | $(ratio "$(awk -v a="$(median $(runs_of CPU_PROXY otpgate))" -v b="$(median $(runs_of CPU_REDIS otpgate))" 'BEGIN {print a + b}')" "$(median $(runs_of CPU_PROXY plain))") | | | |"

@@ -4,8 +4,9 @@
 //! It is set up as `otpgate serve` sets up its proxy service
 //! (`Server::new(None)`, default server configuration, one
 //! `http_proxy_service` on one TCP listener, `HttpPeer::new` without TLS),
-//! and it forwards every request unchanged. The difference to otpgate is
-//! what otpgate's `ProxyHttp` filters cost.
+//! and it forwards every request unchanged. It uses the same allocator
+//! (mimalloc) as `otpgate`, so the difference to otpgate is what otpgate's
+//! `ProxyHttp` filters cost.
 //!
 //! Usage: `plain_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [--read-buffer BYTES]`.
 //! `--read-buffer` sets the per-connection L4 read buffer of the listener
@@ -15,6 +16,9 @@
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct PlainProxy {
     upstream: String,

@@ -208,10 +208,12 @@ pub struct AppSettings {
     /// `sensitive` only for applications that keep `Bob` and `bob` apart.
     #[serde(default)]
     pub username_case: UsernameCase,
-    /// Header that carries the verified member name to the application.
-    /// Any copy of it sent by a client is removed.
-    #[serde(default = "default_identity_header")]
-    pub identity_header: String,
+    /// Header that carries the verified member name to an application that
+    /// reads it, for example `X-Otpgate-User`. Any copy of it sent by a
+    /// client is removed. Unset (the default), no such header is sent,
+    /// because an application that cannot be changed does not read one.
+    #[serde(default)]
+    pub identity_header: Option<String>,
     #[serde(rename = "login")]
     pub login_routes: Vec<LoginRoute>,
 }
@@ -230,9 +232,6 @@ fn default_max_login_body() -> usize {
 }
 fn default_issuer() -> String {
     "Meelance".into()
-}
-fn default_identity_header() -> String {
-    "X-Otpgate-User".into()
 }
 
 /// Settings of the gateway's own behaviour.

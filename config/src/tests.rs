@@ -45,6 +45,16 @@ fn minimal_config_gets_defaults() {
     assert_eq!(settings.app.policy, Policy::Optional);
     assert_eq!(settings.gateway.prefix, "/_otpgate/");
     assert_eq!(settings.hsm.pin_source, SecretSource::Env("PIN".into()));
+    assert_eq!(settings.app.identity_header, None);
+}
+
+#[test]
+fn identity_header_must_be_a_header_name() {
+    let with = |name: &str| minimal("pin_env = \"PIN\"", "").replace("session_cookie = \"sessionid\"", &format!("session_cookie = \"sessionid\"\nidentity_header = \"{name}\""));
+    let settings = Settings::from_toml(&with("X-Otpgate-User")).unwrap();
+    assert_eq!(settings.app.identity_header.as_deref(), Some("X-Otpgate-User"));
+    let text = error_text(&with("X Otpgate: User"));
+    assert!(text.contains("app.identity_header") && text.contains("X Otpgate: User"), "{text}");
 }
 
 #[test]

@@ -147,10 +147,10 @@ fn app(app: &AppSettings) -> Result<(), ConfigError> {
             "set it to the name members see in their authenticator app",
         ));
     }
-    if !is_token(&app.identity_header) {
+    if let Some(name) = app.identity_header.as_deref().filter(|name| !is_token(name)) {
         return Err(ConfigError::invalid(
             "app.identity_header",
-            format!("{:?} is not a valid header name", app.identity_header),
+            format!("{name:?} is not a valid header name"),
             "use letters, digits and hyphens, for example \"X-Otpgate-User\"",
         ));
     }

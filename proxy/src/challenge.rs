@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use otpgate_hsm::TimeStep;
 
 use crate::cookies;
-use crate::gateway::{now_unix, Gateway, RequestCtx, MAX_FORM_BYTES};
+use crate::gateway::{now_unix, BoxError, Gateway, RequestCtx, MAX_FORM_BYTES};
 use crate::pages::{BACKUP_REJECTED, CODE_REJECTED};
 use crate::record::EnrollmentRecord;
 use crate::store::{RateKey, StoreError};
@@ -34,6 +34,18 @@ pub(crate) struct SessionFlag {
     pub(crate) user: String,
     /// `verified` after a second factor, `no2fa` for a member without one.
     pub(crate) state: String,
+}
+
+/// A code as submitted on the challenge page.
+enum Submitted {
+    Totp(String),
+    Backup(zeroize::Zeroizing<String>),
+}
+
+/// What a code matched: a time step, or a backup-code entry.
+enum Matched {
+    Step(u64),
+    Backup(String),
 }
 
 pub(crate) fn csrf_for(ticket: &str) -> String {
@@ -105,29 +117,25 @@ impl Gateway {
         }
         let code = if backup { field("backup_code").unwrap_or("").to_string() } else { normalize_code(field("code").unwrap_or("")) };
 
-        let pending: PendingLogin = match self.store().pending(&ticket).await {
-            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                Ok(pending) => pending,
-                Err(_) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
-            },
-            Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
+        // Round trip 1: the pending login and the per-address count.
+        // Counting before any HSM call cuts a burst of guesses off at the
+        // counter rather than checking it.
+        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
+        let limits = &self.settings.rate_limit;
+        let address_counter = (&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs);
+        let (pending, per_address) = match self.store().pending_and_count(&ticket, address_counter).await {
+            Ok(read) => read,
             Err(e) => return self.unavailable(session, &e).await,
         };
+        let Some(pending) = pending.and_then(|bytes| serde_json::from_slice::<PendingLogin>(&bytes).ok()) else {
+            return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await;
+        };
         let user = pending.user.clone();
-        let address = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
 
-        // Count the attempt before any HSM call, so a burst of guesses is
-        // cut off by the counter rather than checked.
-        let limits = &self.settings.rate_limit;
-        let counted = self
-            .store()
-            .count_pair(
-                (&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs),
-                (&RateKey::SecondFactorAddress(&address), limits.second_factor_per_address.window_secs),
-            )
-            .await;
-        let (per_user, per_address) = match counted {
-            Ok(counts) => counts,
+        // Round trip 2: the per-member count, the record and the used step.
+        let user_counter = (&RateKey::SecondFactorUser(&user), limits.second_factor_per_user.window_secs);
+        let (per_user, record, used) = match self.store().count_and_record(user_counter, &user).await {
+            Ok(read) => read,
             Err(e) => return self.unavailable(session, &e).await,
         };
         let user_over = per_user > u64::from(limits.second_factor_per_user.limit);
@@ -146,12 +154,12 @@ impl Gateway {
             return self.respond_page(session, 429, vec![("set-cookie", cookies::clear_pending_cookie(ctx.tls)), ("retry-after", wait.to_string())], body).await;
         }
 
-        let verified = if backup { self.verify_backup(&user, &code).await } else { self.verify_totp(&user, &code).await };
-        let verified = match verified {
-            Ok(verified) => verified,
+        let submitted = if backup { Submitted::Backup(zeroize::Zeroizing::new(code)) } else { Submitted::Totp(code) };
+        let held = match self.check_second_factor(&ticket, &pending, submitted, record, used).await {
+            Ok(held) => held,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        if !verified {
+        let Some(held) = held else {
             let message = if backup { BACKUP_REJECTED } else { CODE_REJECTED };
             crate::metrics::outcome(if backup { "backup_code_rejected" } else { "code_rejected" });
             tracing::info!(user = %user, address = %address, outcome = if backup { "backup_code_rejected" } else { "code_rejected" }, "second factor rejected");
@@ -163,8 +171,77 @@ impl Gateway {
                 return self.backup_challenge_page(session, ctx, Some(message)).await;
             }
             return self.challenge_page(session, ctx, Some(message)).await;
+        };
+
+        // Round trip 4: take the pending login and flag its sessions.
+        let flags = self.session_flags(&held, &user, "verified");
+        let flags: Vec<(&str, &[u8])> = flags.iter().map(|(value, flag)| (value.as_str(), flag.as_slice())).collect();
+        match self.store().take_pending_and_flag(&ticket, &flags, self.settings.app.session_lifetime_secs).await {
+            Ok(Some(_)) => self.send_released(session, ctx, pending, held, &address).await,
+            Ok(None) => self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
+            Err(e) => self.unavailable(session, &e).await,
         }
-        self.finish_login(session, ctx, &ticket, &address).await
+    }
+
+    /// Checks a submitted code against the member's record and, when it
+    /// matches, decrypts the held cookies in the same blocking call and
+    /// marks the code used (round trip 3). Returns the held cookies only if
+    /// the code matched and was not used before. A malformed code costs no
+    /// HSM call, no hashing and no Redis write.
+    async fn check_second_factor(
+        &self,
+        ticket: &str,
+        pending: &PendingLogin,
+        submitted: Submitted,
+        record: Option<Vec<u8>>,
+        used: Option<u64>,
+    ) -> std::result::Result<Option<Vec<String>>, BoxError> {
+        let submitted = match submitted {
+            Submitted::Totp(code) if otpgate_hsm::is_well_formed(&code, 6) || otpgate_hsm::is_well_formed(&code, 8) => Submitted::Totp(code),
+            Submitted::Backup(typed) => match crate::backup::normalize(&typed) {
+                Some(code) => Submitted::Backup(code),
+                None => return Ok(None),
+            },
+            Submitted::Totp(_) => return Ok(None),
+        };
+        let Some(bytes) = record else {
+            return Ok(None);
+        };
+        if matches!(submitted, Submitted::Totp(_)) {
+            crate::metrics::HSM_OPERATIONS.with_label_values(&["totp_verify"]).inc();
+        }
+        let sealed = data_encoding::BASE64.decode(pending.sealed_cookies.as_bytes())?;
+        let aad = format!("otpgate-pending\0{ticket}");
+        let user = pending.user.clone();
+        let window = self.settings.totp.window;
+        let outcome = self
+            .vault_call(move |vault| -> std::result::Result<_, BoxError> {
+                let record = EnrollmentRecord::open(&user, &bytes, vault)?;
+                let matched = match submitted {
+                    Submitted::Totp(code) => {
+                        let params = record.params()?;
+                        if !otpgate_hsm::is_well_formed(&code, params.digits) {
+                            return Ok(None);
+                        }
+                        vault.verify(&record.sealed()?, &params, &code, now_unix(), window, used.map(TimeStep))?.map(|step| Matched::Step(step.0))
+                    }
+                    Submitted::Backup(code) => crate::backup::find_match(&code, &record.backup_codes).cloned().map(Matched::Backup),
+                };
+                let Some(matched) = matched else {
+                    return Ok(None);
+                };
+                let held: Vec<String> = serde_json::from_slice(&vault.decrypt(&sealed, aad.as_bytes())?)?;
+                Ok(Some((matched, held)))
+            })
+            .await?;
+        let Some((matched, held)) = outcome else {
+            return Ok(None);
+        };
+        let fresh = match matched {
+            Matched::Step(step) => self.store().consume_step(&pending.user, step).await?,
+            Matched::Backup(entry) => self.store().consume_backup(&pending.user, &entry).await?,
+        };
+        Ok(fresh.then_some(held))
     }
 
     /// Returns the seconds until the exceeded counters expire.
@@ -181,7 +258,7 @@ impl Gateway {
 
     /// Checks a TOTP code for `user` and marks its step used. A malformed
     /// code costs no HSM call and no Redis write.
-    pub(crate) async fn verify_totp(&self, user: &str, code: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn verify_totp(&self, user: &str, code: &str) -> std::result::Result<bool, BoxError> {
         // Codes are 6 or 8 digits; anything else is rejected before the
         // record (whose MAC check is an HSM call) is even read.
         if !otpgate_hsm::is_well_formed(code, 6) && !otpgate_hsm::is_well_formed(code, 8) {
@@ -191,18 +268,18 @@ impl Gateway {
             return Ok(false);
         };
         crate::metrics::HSM_OPERATIONS.with_label_values(&["totp_verify"]).inc();
-        let vault = self.vault.clone();
         let window = self.settings.totp.window;
         let (user_owned, code_owned) = (user.to_string(), code.to_string());
-        let step: Option<TimeStep> = tokio::task::spawn_blocking(move || -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let record = EnrollmentRecord::open(&user_owned, &bytes, &vault)?;
-            let params = record.params()?;
-            if !otpgate_hsm::is_well_formed(&code_owned, params.digits) {
-                return Ok(None);
-            }
-            Ok(vault.verify(&record.sealed()?, &params, &code_owned, now_unix(), window, used.map(TimeStep))?)
-        })
-        .await??;
+        let step: Option<TimeStep> = self
+            .vault_call(move |vault| -> std::result::Result<_, BoxError> {
+                let record = EnrollmentRecord::open(&user_owned, &bytes, vault)?;
+                let params = record.params()?;
+                if !otpgate_hsm::is_well_formed(&code_owned, params.digits) {
+                    return Ok(None);
+                }
+                Ok(vault.verify(&record.sealed()?, &params, &code_owned, now_unix(), window, used.map(TimeStep))?)
+            })
+            .await?;
         match step {
             Some(step) => Ok(self.store().consume_step(user, step.0).await?),
             None => Ok(false),
@@ -211,20 +288,20 @@ impl Gateway {
 
     /// Checks a backup code for `user` and marks it used. A code of the
     /// wrong shape costs no hashing.
-    pub(crate) async fn verify_backup(&self, user: &str, typed: &str) -> std::result::Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn verify_backup(&self, user: &str, typed: &str) -> std::result::Result<bool, BoxError> {
         let Some(code) = crate::backup::normalize(typed) else {
             return Ok(false);
         };
         let Some(bytes) = self.store().record(user).await? else {
             return Ok(false);
         };
-        let vault = self.vault.clone();
         let user_owned = user.to_string();
-        let entry = tokio::task::spawn_blocking(move || -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let record = EnrollmentRecord::open(&user_owned, &bytes, &vault)?;
-            Ok(crate::backup::find_match(&code, &record.backup_codes).cloned())
-        })
-        .await??;
+        let entry = self
+            .vault_call(move |vault| -> std::result::Result<_, BoxError> {
+                let record = EnrollmentRecord::open(&user_owned, &bytes, vault)?;
+                Ok(crate::backup::find_match(&code, &record.backup_codes).cloned())
+            })
+            .await?;
         match entry {
             Some(entry) => Ok(self.store().consume_backup(user, &entry).await?),
             None => Ok(false),
@@ -234,7 +311,7 @@ impl Gateway {
     /// Takes the pending login of `ticket`, decrypts its held cookies and
     /// flags the application session as verified. Returns `None` when the
     /// pending login is gone (finished by a concurrent request, or expired).
-    pub(crate) async fn release_login(&self, ticket: &str) -> std::result::Result<Option<(PendingLogin, Vec<String>)>, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn release_login(&self, ticket: &str) -> std::result::Result<Option<(PendingLogin, Vec<String>)>, BoxError> {
         let Some(bytes) = self.store().take_pending(ticket).await? else {
             return Ok(None);
         };
@@ -244,13 +321,9 @@ impl Gateway {
         Ok(Some((pending, held)))
     }
 
-    /// Releases the held cookies, flags the session and sends the member on.
-    pub(crate) async fn finish_login(&self, session: &mut Session, ctx: &RequestCtx, ticket: &str, address: &str) -> Result<bool> {
-        let (pending, held) = match self.release_login(ticket).await {
-            Ok(Some(released)) => released,
-            Ok(None) => return self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
-            Err(e) => return self.unavailable(session, &e).await,
-        };
+    /// Sends a member whose login was just released on: the held cookies,
+    /// the pending cookie cleared, and the original target.
+    async fn send_released(&self, session: &mut Session, ctx: &RequestCtx, pending: PendingLogin, held: Vec<String>, address: &str) -> Result<bool> {
         crate::metrics::outcome("verified");
         tracing::info!(user = %pending.user, address = %address, outcome = "verified", "login completed with second factor");
 
@@ -264,33 +337,38 @@ impl Gateway {
         self.respond(session, 303, headers, "text/plain; charset=utf-8", String::new()).await
     }
 
-    pub(crate) async fn open_cookies(&self, ticket: &str, sealed: &str) -> std::result::Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn open_cookies(&self, ticket: &str, sealed: &str) -> std::result::Result<Vec<String>, BoxError> {
         let blob = data_encoding::BASE64.decode(sealed.as_bytes())?;
-        let vault = self.vault.clone();
         let aad = format!("otpgate-pending\0{ticket}");
-        let plain = tokio::task::spawn_blocking(move || vault.decrypt(&blob, aad.as_bytes())).await??;
+        let plain = self.vault_call(move |vault| Ok(vault.decrypt(&blob, aad.as_bytes())?)).await?;
         Ok(serde_json::from_slice(&plain)?)
     }
 
-    pub(crate) async fn flag_sessions(&self, set_cookies: &[String], user: &str, state: &str) -> std::result::Result<(), StoreError> {
+    /// Returns the flag to set for each application session that
+    /// `set_cookies` opens: the cookie value and the flag's JSON.
+    fn session_flags(&self, set_cookies: &[String], user: &str, state: &str) -> Vec<(String, Vec<u8>)> {
         let flag = serde_json::to_vec(&SessionFlag { user: user.to_string(), state: state.to_string() }).expect("flag serialises");
-        for header in set_cookies {
-            if let Some(cookie) = cookies::parse_set_cookie(header) {
-                if cookie.name == self.settings.app.session_cookie && !cookie.deletes {
-                    self.store().put_session_flag(&cookie.value, &flag, self.settings.app.session_lifetime_secs).await?;
-                }
-            }
+        set_cookies
+            .iter()
+            .filter_map(|header| cookies::parse_set_cookie(header))
+            .filter(|cookie| cookie.name == self.settings.app.session_cookie && !cookie.deletes)
+            .map(|cookie| (cookie.value, flag.clone()))
+            .collect()
+    }
+
+    pub(crate) async fn flag_sessions(&self, set_cookies: &[String], user: &str, state: &str) -> std::result::Result<(), StoreError> {
+        for (value, flag) in self.session_flags(set_cookies, user, state) {
+            self.store().put_session_flag(&value, &flag, self.settings.app.session_lifetime_secs).await?;
         }
         Ok(())
     }
 
     /// Holds the application's cookies back and sends the member to the challenge.
-    pub(crate) async fn hold_login(&self, user: &str, set_cookies: Vec<String>, target: String, enroll: bool) -> std::result::Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    pub(crate) async fn hold_login(&self, user: &str, set_cookies: Vec<String>, target: String, enroll: bool) -> std::result::Result<String, BoxError> {
         let ticket = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 32]>());
-        let vault = self.vault.clone();
         let aad = format!("otpgate-pending\0{ticket}");
         let plain = serde_json::to_vec(&set_cookies)?;
-        let sealed = tokio::task::spawn_blocking(move || vault.encrypt(&plain, aad.as_bytes())).await??;
+        let sealed = self.vault_call(move |vault| Ok(vault.encrypt(&plain, aad.as_bytes())?)).await?;
         let pending = PendingLogin {
             user: user.to_string(),
             target,

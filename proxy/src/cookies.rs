@@ -9,13 +9,16 @@ pub const PENDING_COOKIE_TLS: &str = "__Host-otpgate_pending";
 
 /// Returns every value of cookie `name` in a `Cookie` header, in order.
 pub fn values<'a>(header: &'a str, name: &str) -> Vec<&'a str> {
-    header
-        .split(';')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            (key.trim() == name).then(|| value.trim().trim_matches('"'))
-        })
-        .collect()
+    values_iter(header, name).collect()
+}
+
+/// Like [`values`], without collecting: the values of every cookie named
+/// `name` in a `Cookie` header, in order.
+pub fn values_iter<'a, 'n>(header: &'a str, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    header.split(';').filter_map(move |pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    })
 }
 
 /// Returns the `Cookie` header without the cookies whose names `drop`

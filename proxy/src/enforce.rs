@@ -6,6 +6,7 @@ use std::sync::Arc;
 use pingora::prelude::*;
 
 use crate::challenge::SessionFlag;
+use crate::headers::Identity;
 use crate::gateway::{Gateway, RequestCtx};
 use crate::{cookies, path};
 
@@ -24,20 +25,20 @@ impl Gateway {
         cookie_header: Option<&str>,
     ) -> Result<bool> {
         let prefix = &self.settings.gateway.prefix;
-        let session_cookie = self.settings.app.session_cookie.clone();
-        let session_values: Vec<&str> = cookie_header.map(|h| cookies::values(h, &session_cookie)).unwrap_or_default();
+        let session_cookie = self.settings.app.session_cookie.as_str();
+        let session_values = || cookies::values_iter(cookie_header.unwrap_or_default(), session_cookie);
         let public = path::is_public(canonical, &self.settings.app.public_paths);
-        if session_values.is_empty() {
+        if session_values().next().is_none() {
             if !public && self.pending_cookie_value(session).is_some() && method == "GET" {
                 let challenge = format!("{prefix}challenge");
                 return self.respond(session, 303, vec![("location", challenge)], "text/plain; charset=utf-8", String::new()).await;
             }
             return Ok(false);
         }
-        let mut identity: Option<Arc<str>> = None;
-        for value in session_values.iter().copied() {
+        let mut identity: Option<Identity> = None;
+        for value in session_values() {
             if let Some(user) = self.flags.get(value) {
-                if identity.as_ref().is_none_or(|u| *u == user) {
+                if identity.as_ref().is_none_or(|u| u.member == user.member) {
                     identity = Some(user);
                     continue;
                 }
@@ -48,8 +49,8 @@ impl Gateway {
                 Ok(Some(bytes)) => {
                     let flag: Option<SessionFlag> = serde_json::from_slice(&bytes).ok();
                     match flag {
-                        Some(flag) if identity.as_ref().is_none_or(|u| **u == *flag.user) => {
-                            let user: Arc<str> = Arc::from(flag.user);
+                        Some(flag) if identity.as_ref().is_none_or(|u| *u.member == *flag.user) => {
+                            let user = Identity::new(Arc::from(flag.user));
                             self.flags.put(value, user.clone());
                             identity = Some(user);
                         }
@@ -69,14 +70,14 @@ impl Gateway {
         match identity {
             Some(user) => {
                 if path::same_route(canonical, &self.settings.app.logout_path) {
-                    for value in session_values.iter().copied() {
+                    for value in session_values() {
                         self.flags.remove(value);
                         if let Err(e) = self.store().delete_session_flag(value).await {
                             return self.unavailable(session, &e).await;
                         }
                     }
                     crate::metrics::outcome("logout");
-                    tracing::info!(user = %user, outcome = "logout", "session flag removed");
+                    tracing::info!(user = %user.member, outcome = "logout", "session flag removed");
                 }
                 ctx.identity = Some(user);
                 Ok(false)
@@ -94,7 +95,7 @@ impl Gateway {
             None => {
                 crate::metrics::outcome("unverified_session");
                 tracing::info!(address = %ctx.client.map(|ip| ip.to_string()).unwrap_or_default(), outcome = "unverified_session", "request with an unverified session cookie stopped");
-                let clear = ("set-cookie", cookies::clear_cookie(&session_cookie));
+                let clear = ("set-cookie", cookies::clear_cookie(session_cookie));
                 if method == "GET" && Self::is_html(session) {
                     let login = self.settings.app.login_page.clone();
                     self.respond(session, 303, vec![("location", login), clear], "text/plain; charset=utf-8", String::new()).await

@@ -8,8 +8,10 @@
 //! instance removes the entry at once. Set the key to 0 to turn the cache off.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::headers::Identity;
 
 /// Maximum number of entries. A full cache is emptied: that costs one
 /// Redis round trip per active session and bounds memory to an estimated
@@ -20,7 +22,7 @@ const MAX_ENTRIES: usize = 100_000;
 /// (process memory only; Redis keys use its SHA-256).
 pub struct FlagCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Arc<str>, Instant)>>,
+    entries: Mutex<HashMap<String, (Identity, Instant)>>,
 }
 
 impl FlagCache {
@@ -30,7 +32,7 @@ impl FlagCache {
     }
 
     /// Returns the member of a flag confirmed less than `ttl` ago.
-    pub fn get(&self, cookie: &str) -> Option<Arc<str>> {
+    pub fn get(&self, cookie: &str) -> Option<Identity> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -40,7 +42,7 @@ impl FlagCache {
     }
 
     /// Records a flag just read from Redis.
-    pub fn put(&self, cookie: &str, user: Arc<str>) {
+    pub fn put(&self, cookie: &str, user: Identity) {
         if self.ttl.is_zero() {
             return;
         }
@@ -60,12 +62,17 @@ impl FlagCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn alice() -> Identity {
+        Identity::new(Arc::from("alice"))
+    }
 
     #[test]
     fn entry_expires_after_ttl() {
         let cache = FlagCache::new(Duration::from_millis(30));
-        cache.put("d1", Arc::from("alice"));
-        assert_eq!(cache.get("d1").as_deref(), Some("alice"));
+        cache.put("d1", alice());
+        assert_eq!(cache.get("d1"), Some(alice()));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get("d1"), None);
     }
@@ -73,14 +80,14 @@ mod tests {
     #[test]
     fn zero_ttl_disables_cache() {
         let cache = FlagCache::new(Duration::ZERO);
-        cache.put("d1", Arc::from("alice"));
+        cache.put("d1", alice());
         assert_eq!(cache.get("d1"), None);
     }
 
     #[test]
     fn remove_forgets_entry() {
         let cache = FlagCache::new(Duration::from_secs(5));
-        cache.put("d1", Arc::from("alice"));
+        cache.put("d1", alice());
         cache.remove("d1");
         assert_eq!(cache.get("d1"), None);
     }

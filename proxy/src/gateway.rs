@@ -42,17 +42,24 @@ pub struct Gateway {
     /// resolves a host name with blocking DNS on every request otherwise.
     // TODO: re-resolve periodically for applications whose address changes.
     pub(crate) upstream_addr: std::net::SocketAddr,
-    /// `app.identity_header`, parsed once.
-    identity_header: http::HeaderName,
+    /// One permit per HSM session (`hsm.pool_size`): requests wait here for
+    /// the vault instead of in blocking threads.
+    vault_permits: Arc<tokio::sync::Semaphore>,
+    /// `app.identity_header`, parsed and folded once; `None` when unset.
+    pub(crate) identity_header: Option<headers::IdentityHeader>,
 }
 
+
+/// An error of a step that may fail in Redis, the HSM or a decoding step;
+/// each leads to 503.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
     pub(crate) client: Option<IpAddr>,
     pub(crate) tls: bool,
-    pub(crate) identity: Option<Arc<str>>,
+    pub(crate) identity: Option<headers::Identity>,
     pub(crate) rewritten_path: Option<String>,
     /// The HTML response gets the settings link; its body is collected here.
     inject: Option<Vec<u8>>,
@@ -84,9 +91,13 @@ impl Gateway {
         let pages = Pages::new(&settings.app.product_name, &settings.gateway.prefix);
         let connector = pingora::connectors::http::Connector::new(None);
         let flags = crate::flag_cache::FlagCache::new(std::time::Duration::from_millis(settings.gateway.session_cache_ms));
-        let identity_header = http::HeaderName::from_bytes(settings.app.identity_header.as_bytes())
-            .expect("app.identity_header is validated as a header name");
+        let identity_header = settings
+            .app
+            .identity_header
+            .as_deref()
+            .map(|name| headers::IdentityHeader::new(name).expect("app.identity_header is validated as a header name"));
         Gateway {
+            vault_permits: Arc::new(tokio::sync::Semaphore::new(settings.hsm.pool_size.max(1))),
             identity_header,
             settings,
             vault,
@@ -98,6 +109,19 @@ impl Gateway {
             connector,
             upstream_addr,
         }
+    }
+
+    /// Runs `work` with the vault on a blocking thread, once one of the
+    /// `hsm.pool_size` permits is free, so no more threads wait for the HSM
+    /// than it has sessions.
+    pub(crate) async fn vault_call<T, F>(&self, work: F) -> std::result::Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Vault) -> std::result::Result<T, BoxError> + Send + 'static,
+    {
+        let _permit = self.vault_permits.acquire().await.map_err(|_| "the vault queue is closed")?;
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || work(&vault)).await?
     }
 
     /// Returns the store: the proxy runtime's own connection once it exists.
@@ -279,7 +303,11 @@ impl ProxyHttp for Gateway {
             client_ip::client_ip(peer, &forwarded, &self.settings.gateway.trusted_proxies)
         });
 
-        headers::strip_identity(session.req_header_mut(), &self.settings.app.identity_header);
+        // The upstream request is a copy of this header, so it carries no
+        // client copy of the identity header either.
+        if let Some(header) = &self.identity_header {
+            header.strip(session.req_header_mut());
+        }
 
         // Cheap clones (shared bytes), so the path and cookies can be read
         // while the session is borrowed mutably below.
@@ -301,7 +329,7 @@ impl ProxyHttp for Gateway {
             return self.serve_gateway_page(session, ctx, "").await;
         }
 
-        let cookie_header = session.req_header().headers.get("cookie").cloned();
+        let cookie_header = session.req_header().headers.get(http::header::COOKIE).cloned();
         let method = session.req_header().method.clone();
         let method = method.as_str();
 
@@ -363,9 +391,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
-        headers::strip_identity(request, &self.settings.app.identity_header);
-        if let Some(user) = &ctx.identity {
-            request.insert_header(self.identity_header.clone(), user.as_ref())?;
+        if let (Some(header), Some(identity)) = (&self.identity_header, &ctx.identity) {
+            header.set(request, identity)?;
         }
         if let Some(canonical) = &ctx.rewritten_path {
             let query = request.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -376,13 +403,13 @@ impl ProxyHttp for Gateway {
         // when it carries one.
         let carries_gateway_cookie = request
             .headers
-            .get("cookie")
+            .get(http::header::COOKIE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("otpgate_"));
         if !carries_gateway_cookie {
             return Ok(());
         }
-        if let Some(header) = request.headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_string) {
+        if let Some(header) = request.headers.get(http::header::COOKIE).and_then(|v| v.to_str().ok()).map(str::to_string) {
             let kept = cookies::without(&header, cookies::is_gateway_cookie);
             request.remove_header("cookie");
             if let Some(kept) = kept {

@@ -11,7 +11,6 @@ use pingora::prelude::*;
 
 use crate::cookies::{self, SetCookie};
 use crate::gateway::{safe_target, Gateway, RequestCtx};
-use crate::headers;
 
 /// Largest login response from the application that is read, in bytes.
 /// Login responses are redirects or small pages; a larger one gets 502.
@@ -84,7 +83,9 @@ impl Gateway {
         for name in HOP_BY_HOP.iter().chain(&["transfer-encoding", "content-length"]) {
             request.remove_header(*name);
         }
-        headers::strip_identity(&mut request, &self.settings.app.identity_header);
+        if let Some(header) = &self.identity_header {
+            header.strip(&mut request);
+        }
         if let Some(header) = request.headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_string) {
             request.remove_header("cookie");
             if let Some(kept) = cookies::without(&header, cookies::is_gateway_cookie) {

@@ -36,6 +36,12 @@ pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if is_plain(raw) {
         return Ok(Cow::Borrowed(raw));
     }
+    full_pass(raw).map(Cow::Owned)
+}
+
+/// Decodes, checks and resolves an absolute path that [`is_plain`] did not
+/// accept as it is.
+fn full_pass(raw: &str) -> Result<String, PathError> {
     let decoded = decode_unreserved(raw)?;
     if decoded.contains('\\') {
         return Err(PathError::Backslash);
@@ -64,21 +70,26 @@ pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if canonical.is_empty() || (trailing_slash && !segments.is_empty()) {
         canonical.push('/');
     }
-    Ok(Cow::Owned(canonical))
+    Ok(canonical)
 }
 
 /// Reports whether a path is canonical as it is: printable ASCII without
 /// escapes, backslashes, parameters, empty segments or dot segments. Most
 /// request paths are, and skip the full pass.
 fn is_plain(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    let clean_bytes = bytes.iter().all(|&b| (0x21..0x7f).contains(&b) && !matches!(b, b'%' | b'\\' | b';'));
-    clean_bytes
-        && !raw.contains("//")
-        && !raw.contains("/./")
-        && !raw.contains("/../")
-        && !raw.ends_with("/.")
-        && !raw.ends_with("/..")
+    let clean_bytes = raw.bytes().all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'%' | b'\\' | b';'));
+    if !clean_bytes {
+        return false;
+    }
+    // One pass over the segments: no dot segments, and no empty segment
+    // except the last one (a trailing slash).
+    let mut segments = raw[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment == "." || segment == ".." || (segment.is_empty() && segments.peek().is_some()) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Decodes `%XX` escapes of unreserved characters (RFC 3986 section 2.3)
@@ -120,11 +131,8 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
 /// for an application that routes without regard to letter case or a
 /// trailing slash, as many frameworks do.
 pub fn same_route(canonical: &str, route: &str) -> bool {
-    let trim = |p: &str| -> String {
-        let trimmed = p.trim_end_matches('/');
-        if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
-    };
-    trim(canonical).eq_ignore_ascii_case(&trim(route))
+    // Trailing slashes are ignored; an empty result stands for the root.
+    canonical.trim_end_matches('/').eq_ignore_ascii_case(route.trim_end_matches('/'))
 }
 
 /// Reports whether a canonical path is inside a configured public path:
@@ -180,6 +188,21 @@ mod tests {
         assert_eq!(canonicalize("/files/a%20b%c3%a9").unwrap(), "/files/a%20b%C3%A9");
         assert_eq!(canonicalize("/").unwrap(), "/");
         assert_eq!(canonicalize("//").unwrap(), "/");
+    }
+
+    #[test]
+    fn plain_paths_are_what_the_full_pass_returns() {
+        let samples = [
+            "/", "//", "/a", "/a/", "/a//b", "/a/./b", "/a/../b", "/.", "/..", "/a/.", "/a/..", "/.a", "/a.", "/..a/b", "/a/b.c/",
+            "/dashboard", "/static/app.js", "/a%20b", "/a;b", "/a\\b", "/LOGIN/", "///", "/a/b//",
+        ];
+        for raw in samples {
+            if is_plain(raw) {
+                assert_eq!(full_pass(raw).as_deref(), Ok(raw), "{raw}");
+            }
+        }
+        assert!(is_plain("/dashboard") && is_plain("/") && is_plain("/a/") && is_plain("/.a"));
+        assert!(!is_plain("//") && !is_plain("/a/./b") && !is_plain("/a/..") && !is_plain("/a%20b"));
     }
 
     #[test]

@@ -176,6 +176,24 @@ impl Store {
             .map_err(self.error())
     }
 
+    /// Counts an attempt on the member's own `counter` and reads the
+    /// member's record and used time step, in one round trip.
+    pub async fn count_and_record(&self, counter: (&RateKey<'_>, u64), user: &str) -> Result<(u64, Option<Vec<u8>>, Option<u64>), StoreError> {
+        let mut connection = self.connection.clone();
+        let (key, window_secs) = counter;
+        redis::pipe()
+            .cmd("EVAL")
+            .arg(COUNT_SCRIPT)
+            .arg(1)
+            .arg(self.rate_key(key))
+            .arg(window_secs)
+            .get(self.member_key("record", user))
+            .get(self.member_key("used", user))
+            .query_async(&mut connection)
+            .await
+            .map_err(self.error())
+    }
+
     /// Returns the highest time step the member has used, if any.
     pub async fn used_step(&self, user: &str) -> Result<Option<u64>, StoreError> {
         let mut connection = self.connection.clone();
@@ -294,6 +312,39 @@ impl Store {
             .get(self.key("pending", &digest_hex(ticket.as_bytes())))
             .await
             .map_err(self.error())
+    }
+
+    /// Reads a pending login and counts an attempt on `counter`, in one
+    /// round trip. The attempt counts even when the login is gone.
+    pub async fn pending_and_count(&self, ticket: &str, counter: (&RateKey<'_>, u64)) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let mut connection = self.connection.clone();
+        let (key, window_secs) = counter;
+        redis::pipe()
+            .get(self.key("pending", &digest_hex(ticket.as_bytes())))
+            .cmd("EVAL")
+            .arg(COUNT_SCRIPT)
+            .arg(1)
+            .arg(self.rate_key(key))
+            .arg(window_secs)
+            .query_async(&mut connection)
+            .await
+            .map_err(self.error())
+    }
+
+    /// Takes a pending login and sets the flags of its application
+    /// sessions, in one round trip. Returns the login if this caller took
+    /// it. The flags are set either way: the caller has verified the second
+    /// factor for exactly these sessions, so a concurrent caller that took
+    /// the login first sets the same flags.
+    pub async fn take_pending_and_flag(&self, ticket: &str, flags: &[(&str, &[u8])], ttl_secs: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(1).arg(self.key("pending", &digest_hex(ticket.as_bytes())));
+        for (cookie_value, flag) in flags {
+            pipe.set_ex(self.key("session", &digest_hex(cookie_value.as_bytes())), *flag, ttl_secs).ignore();
+        }
+        let (taken,): (Option<Vec<u8>>,) = pipe.query_async(&mut connection).await.map_err(self.error())?;
+        Ok(taken)
     }
 
     /// Removes a pending login and returns it; only one caller gets it.

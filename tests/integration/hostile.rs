@@ -411,6 +411,30 @@ async fn identity_header_variants_stripped() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn identity_header_carries_non_ascii_name_percent_encoded() {
+    let stack = Stack::start("");
+    let browser = stack.browser();
+    browser.login("zoë", "zoe-42").await;
+    let response = browser.client.get(stack.url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-otpgate-user"], serde_json::json!(["zo%C3%AB"]), "{echo}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_header_name_is_configurable() {
+    let stack = Stack::start_with("identity_header = \"X-Member\"", "");
+    let browser = stack.browser();
+    browser.login("bob", "builder-42").await;
+    let request = browser.client.get(stack.url("/echo")).header("x_member", "admin").header("X-Otpgate-User", "carol");
+    let echo: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["headers"]["x-member"], serde_json::json!(["bob"]), "{echo}");
+    assert!(echo["headers"].get("x_member").is_none(), "{echo}");
+    // Not the configured header, so the gateway neither sets nor removes it.
+    assert_eq!(echo["headers"]["x-otpgate-user"], serde_json::json!(["carol"]), "{echo}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn large_login_body_forwarded_whole_or_413() {
     let stack = Stack::start("");
     let client = reqwest::Client::new();

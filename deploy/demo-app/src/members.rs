@@ -6,7 +6,7 @@
 /// whitespace in the username, so the gateway must not treat `ALICE` as another
 /// member than `alice`.
 /// `anna@example.org` covers apps whose login name is an e-mail address, so a
-/// username may contain `@` and `.`.
+/// username may contain `@` and `.`, and `zoë` covers names outside ASCII.
 pub const MEMBERS: &[(&str, &str)] = &[
     ("alice", "wonderland-42"),
     ("bob", "builder-42"),
@@ -14,6 +14,7 @@ pub const MEMBERS: &[(&str, &str)] = &[
     ("dave", "diver-42"),
     ("erin", "explorer-42"),
     ("anna@example.org", "anna-42"),
+    ("zoë", "zoe-42"),
 ];
 
 /// Checks `username` (letter case and surrounding whitespace ignored) and

@@ -124,6 +124,8 @@ pub fn start_demo_app() -> (Process, u16) {
 /// `app_keys` go into the `[app]` table; `extra` is appended as whole tables.
 pub fn write_config(dir: &Path, ports: (u16, u16, u16), redis_url: &str, token: &str, app_keys: &str, extra: &str) -> PathBuf {
     let (gateway_port, app_port, admin_port) = ports;
+    // The demo app shows the member name from this header.
+    let identity = if app_keys.contains("identity_header") { "" } else { "identity_header = \"X-Otpgate-User\"\n" };
     let config = format!(
         r#"
 [listen]
@@ -135,7 +137,7 @@ address = "127.0.0.1:{app_port}"
 [app]
 session_cookie = "sessionid"
 public_paths = ["/", "/about", "/static/"]
-{app_keys}
+{identity}{app_keys}
 [[app.login]]
 path = "/login"
 body = "form"
