@@ -171,9 +171,11 @@ struct Enrollment {
     record_bytes: usize,
 }
 
-/// Enrolls `count` members in the Redis at `url`: sealing threads build
-/// the records while the runtime writes finished batches.
-fn enroll(runtime: &tokio::runtime::Runtime, vault: &Arc<Vault>, store: &Store, url: &str, sealed: &SealedSeed, count: usize, threads: usize, used: u64) -> Enrollment {
+/// Enrolls `count` members in the Redis that `target` (its store and URL)
+/// names: sealing threads build the records while the runtime writes
+/// finished batches.
+fn enroll(runtime: &tokio::runtime::Runtime, vault: &Arc<Vault>, target: (&Store, &str), sealed: &SealedSeed, count: usize, threads: usize, used: u64) -> Enrollment {
+    let (store, url) = target;
     let before = runtime.block_on(used_memory(url));
     let started = Instant::now();
     let params = TotpParams::default();
@@ -330,9 +332,9 @@ fn main() {
 
     let used = first_step;
     println!("enrolling {} members ...", options.small);
-    let small = enroll(&runtime, &vault, &small_store, &small_redis.url(), &sealed, options.small, options.sealing_threads, used);
+    let small = enroll(&runtime, &vault, (&small_store, &small_redis.url()), &sealed, options.small, options.sealing_threads, used);
     println!("enrolling {} members ...", options.large);
-    let large = enroll(&runtime, &vault, &large_store, &large_redis.url(), &sealed, options.large, options.sealing_threads, used);
+    let large = enroll(&runtime, &vault, (&large_store, &large_redis.url()), &sealed, options.large, options.sealing_threads, used);
     for e in [&small, &large] {
         println!(
             "enrolled {} members in {:.1} s ({:.0} records/s); sealing threads busy {:.1} s in total; {:.0} bytes of Redis memory per member; stored record {} bytes",

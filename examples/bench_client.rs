@@ -17,6 +17,14 @@
 //!   prints `ready N`, keeps them idle for S seconds, and then reports how
 //!   many the server still keeps open. Raise `ulimit -n` first.
 //!
+//! `bench_client fixed-rate --addr HOST:PORT --rate R [--connections N] [--secs S] [--path P] [--header "Name: value"]`
+//!   Sends R requests per second in total for S seconds over N keep-alive
+//!   connections, each request at its scheduled time (an open loop), and
+//!   reports latency percentiles. Latency runs to the end of the response
+//!   from the scheduled time when an earlier slow response delayed the
+//!   request, so that wait counts too, and otherwise from the moment the
+//!   request was sent.
+//!
 //! Results are printed as `RESULT key=value` lines.
 
 #[path = "../benches/support/totp.rs"]
@@ -80,7 +88,8 @@ fn main() {
     match command.as_str() {
         "second-factor" => runtime.block_on(second_factor(&flags)),
         "idle" => runtime.block_on(idle(&flags)),
-        other => panic!("unknown command {other:?}; expected second-factor or idle"),
+        "fixed-rate" => runtime.block_on(fixed_rate(&flags)),
+        other => panic!("unknown command {other:?}; expected second-factor, idle or fixed-rate"),
     }
 }
 
@@ -379,4 +388,77 @@ async fn idle(flags: &Flags) {
     }
     println!("RESULT idle_connected={}", streams.len());
     println!("RESULT idle_open_after_hold={open}");
+}
+
+async fn fixed_rate(flags: &Flags) {
+    let addr = flags.required("addr").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "--addr must be 127.0.0.1:PORT");
+    let rate = flags.number("rate", 10_000).max(1);
+    let connections = flags.number("connections", 50).clamp(1, rate);
+    let duration = Duration::from_secs(flags.number("secs", 5).clamp(1, 600) as u64);
+    let path = flags.get("path").unwrap_or("/");
+    let header = flags.get("header").map(|h| format!("{h}\r\n")).unwrap_or_default();
+    let request = Arc::new(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{header}\r\n").into_bytes());
+
+    // Each connection sends every `interval`; the connections are spread
+    // evenly over one interval.
+    let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u32;
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..connections)
+        .map(|index| {
+            let (addr, request, failures) = (addr.clone(), request.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_connection as usize);
+                let Ok(Ok(mut stream)) = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&addr)).await else {
+                    failures.fetch_add(per_connection as usize, Ordering::Relaxed);
+                    return latencies;
+                };
+                let offset = interval.mul_f64(index as f64 / connections as f64);
+                for k in 0..per_connection {
+                    let scheduled = start + offset + interval * k;
+                    // Latency counts from the scheduled time when the previous
+                    // response made this request late, and from the wake-up
+                    // otherwise: tokio's timer fires up to 1 ms late, which is
+                    // the client's delay, not the server's.
+                    let origin = if tokio::time::Instant::now() >= scheduled {
+                        scheduled
+                    } else {
+                        tokio::time::sleep_until(scheduled).await;
+                        tokio::time::Instant::now()
+                    };
+                    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut stream, &request)).await {
+                        Ok(Ok(200)) => latencies.push(origin.elapsed()),
+                        _ => {
+                            // The connection may be unusable now; the rest of its schedule counts as failed.
+                            failures.fetch_add((per_connection - k) as usize, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("a connection task panicked"));
+    }
+    latencies.sort_unstable();
+    let failed = failures.load(Ordering::Relaxed);
+    assert!(!latencies.is_empty(), "no request to {addr} succeeded; {failed} failed");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{} requests at {rate}/s over {connections} connections: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {failed} failed",
+        latencies.len(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 0.999)),
+    );
+    println!("RESULT fixed_rate_completed={}", latencies.len());
+    println!("RESULT fixed_rate_failed={failed}");
+    println!("RESULT fixed_rate_p50_ms={:.3}", ms(percentile(&latencies, 0.50)));
+    println!("RESULT fixed_rate_p99_ms={:.3}", ms(percentile(&latencies, 0.99)));
+    println!("RESULT fixed_rate_p999_ms={:.3}", ms(percentile(&latencies, 0.999)));
 }
