@@ -8,8 +8,9 @@
 //! Then it times the gateway's verification path for random members of
 //! both, interleaved one by one so both see the same machine load:
 //!
-//! `Store::record`, `Store::used_step`, `EnrollmentRecord::open` (one
-//! HMAC-SHA256 `C_Sign`), `Vault::verify` (`C_UnwrapKey`, three `C_Sign`,
+//! `Store::count_and_record` (the member's attempt counter, record and used
+//! step in one round trip), `EnrollmentRecord::open` (one HMAC-SHA256
+//! `C_Sign`), `Vault::verify` (`C_UnwrapKey`, three `C_Sign`,
 //! `C_DestroyObject`) and `Store::consume_step`.
 //!
 //! The vault calls run inline on the measuring thread; the gateway runs
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use otpgate_config::Secret;
 use otpgate_hsm::{Algorithm, KeyMode, SealedSeed, Seed, TimeStep, TotpParams, Vault, VaultOptions};
+use otpgate_proxy::store::RateKey;
 use otpgate_proxy::{EnrollmentRecord, Store};
 use rand::Rng;
 
@@ -52,6 +54,9 @@ const SO_PIN: &str = "0815-scale";
 /// Key prefix the gateway uses by default.
 const KEY_PREFIX: &str = "otpgate:";
 const WINDOW: u64 = 1;
+/// Window of the per-member attempt counter, as the gateway's default
+/// `rate_limit.second_factor_per_user` (the count is not checked here).
+const ATTEMPT_WINDOW_SECS: u64 = 900;
 /// Records sealed per batch handed from a sealing thread to the writer.
 const BATCH: usize = 1_000;
 /// `Store::put_record` calls in flight at once on the one connection.
@@ -236,11 +241,14 @@ struct Timing {
 }
 
 /// Runs the gateway's verification path once for `user`, at `unix_time`,
-/// with a code that matches that time step.
+/// with a code that matches that time step: one round trip that counts
+/// the attempt and reads the record and the used step, the record MAC and
+/// the verification, and the replay script.
 async fn verify_once(store: &Store, vault: &Vault, user: &str, code: &str, unix_time: u64) -> Timing {
     let started = Instant::now();
-    let bytes = store.record(user).await.expect("Redis read").expect("record exists");
-    let used = store.used_step(user).await.expect("Redis read");
+    let counter = (&RateKey::SecondFactorUser(user), ATTEMPT_WINDOW_SECS);
+    let (_, bytes, used) = store.count_and_record(counter, user).await.expect("Redis read");
+    let bytes = bytes.expect("record exists");
     let read = Instant::now();
     let record = EnrollmentRecord::open(user, &bytes, vault).expect("record MAC matches");
     let params = record.params().expect("record parameters");
