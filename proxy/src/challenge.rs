@@ -42,7 +42,7 @@ enum Submitted {
     Backup(zeroize::Zeroizing<String>),
 }
 
-/// What a code matched: a time step, or a backup-code entry.
+/// The match of a code: a time step, or a backup-code entry.
 enum Matched {
     Step(u64),
     Backup(String),

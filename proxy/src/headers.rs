@@ -148,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn set_replaces_any_value_and_keeps_the_configured_spelling() {
+    fn set_replaces_value_keeps_spelling() {
         let header = IdentityHeader::new("X-Otpgate-User").unwrap();
         let mut req = request(&[("x-otpgate-user", "admin")]);
         header.set(&mut req, &Identity::new(Arc::from("alice"))).unwrap();
