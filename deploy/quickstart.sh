@@ -99,11 +99,13 @@ check_ports_free() {
     done
 }
 
-# Starts a command in the background with its output in logs/NAME.log.
+# Starts a command in the background with its output in logs/NAME.log, in
+# a session of its own: Ctrl-C then reaches only this script, which stops
+# the processes in order instead of racing them to report an exit.
 start() {
     local name="$1"
     shift
-    "$@" >"$logs/$name.log" 2>&1 &
+    setsid "$@" >"$logs/$name.log" 2>&1 &
     pids+=("$!")
     names[$!]="$name"
 }
@@ -197,6 +199,7 @@ main() {
     trap on_exit EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    trap 'exit 129' HUP
 
     install_packages
     command -v cargo >/dev/null ||
