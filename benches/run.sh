@@ -109,34 +109,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-USED_PORTS=" "
-# Prints a port below the ephemeral range (so the idle clients' own ports
-# never take it) that nothing on 127.0.0.1 accepts connections on.
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 12000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_port() {
-    local port=$1 what=$2 i
-    for ((i = 0; i < 300; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return
-        fi
-        sleep 0.1
-    done
-    echo "$what did not listen on port $port within 30 s" >&2
-    exit 1
-}
-
+source benches/ports.sh
 
 # Prints a field of /proc/PID/status (VmRSS, VmHWM) in KiB, summed over PIDs.
 proc_kib() {
@@ -176,13 +149,13 @@ fi
 
 # ------------------------------------------------------------ the servers
 
-UPSTREAM_PORT=$(free_port)
+free_port UPSTREAM_PORT
 "$EXAMPLES/bench_upstream" --listen "127.0.0.1:$UPSTREAM_PORT" --threads 2 >"$WORK/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 PIDS+=("$UPSTREAM_PID")
 wait_port "$UPSTREAM_PORT" bench_upstream
 
-REDIS_PORT=$(free_port)
+free_port REDIS_PORT
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
@@ -193,8 +166,8 @@ printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR
 export SOFTHSM2_CONF=$WORK/softhsm2.conf
 softhsm2-util --init-token --free --label "$HSM_LABEL" --so-pin 0815-bench --pin "$OTPGATE_BENCH_HSM_PIN" >/dev/null
 
-GATEWAY_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
+free_port GATEWAY_PORT
+free_port ADMIN_PORT
 # The per-address limits are raised because every benchmark request comes
 # from 127.0.0.1; the counters are still incremented on every request.
 cat >"$WORK/otpgate.toml" <<EOF
@@ -242,8 +215,8 @@ start_gateway() {
 
 # A second gateway on the same Redis and token, with the identity header
 # on, to show what adding one request header costs.
-IDENTITY_PORT=$(free_port)
-IDENTITY_ADMIN_PORT=$(free_port)
+free_port IDENTITY_PORT
+free_port IDENTITY_ADMIN_PORT
 sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$IDENTITY_PORT/" -e "s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$IDENTITY_ADMIN_PORT/" \
     -e 's/^public_paths = .*/&\nidentity_header = "X-Otpgate-User"/' "$WORK/otpgate.toml" >"$WORK/otpgate-identity.toml"
 IDENTITY_PID=
@@ -255,7 +228,7 @@ start_identity_gateway() {
     wait_port "$IDENTITY_PORT" "otpgate serve (identity header)"
 }
 
-PLAIN_PORT=$(free_port)
+free_port PLAIN_PORT
 PLAIN_PID=
 start_plain() {
     "$EXAMPLES/plain_proxy" --listen "127.0.0.1:$PLAIN_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" 2>>"$WORK/plain.log" &
@@ -265,7 +238,7 @@ start_plain() {
     wait_port "$PLAIN_PORT" plain_proxy
 }
 
-NGINX_PORT=$(free_port)
+free_port NGINX_PORT
 mkdir -p "$WORK/nginx/tmp"
 # One worker process, as pingora runs one worker thread by default.
 cat >"$WORK/nginx/nginx.conf" <<EOF

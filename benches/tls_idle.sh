@@ -5,11 +5,11 @@
 #   benches/tls_idle.sh [OTPGATE_BINARY ...]
 #
 # Starts bench_upstream, redis-server and a SoftHSM token on free ports of
-# 127.0.0.1 and in a temporary directory, and for each binary: starts
+# 127.0.0.1 and in a temporary directory. For each binary it then starts
 # `otpgate serve` with a self-signed TLS listener, opens
 # BENCH_TLS_CONNECTIONS (2000) idle TLS connections with
-# benches/idle_tls_client.py and reads the gateway's RSS, then runs wrk over
-# TLS three times for 5 s. Everything stops on exit.
+# benches/idle_tls_client.py and reads the gateway's RSS. After that it runs
+# wrk over TLS three times for 5 s. Everything stops on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${BENCH_TLS_CONNECTIONS:-2000}
@@ -32,33 +32,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-USED_PORTS=" "
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 12000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
-wait_port() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "nothing listens on port $1 after 30 s" >&2
-    exit 1
-}
+source benches/ports.sh
 
-UPSTREAM_PORT=$(free_port)
-REDIS_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-TLS_PORT=$(free_port)
+free_port UPSTREAM_PORT
+free_port REDIS_PORT
+free_port HTTP_PORT
+free_port TLS_PORT
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
 target/release/examples/bench_upstream --listen "127.0.0.1:$UPSTREAM_PORT" --threads 1 >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
@@ -96,14 +75,14 @@ module = "/usr/lib/softhsm/libsofthsm2.so"
 token_label = "otpgate-tls-bench"
 pin_env = "OTPGATE_BENCH_HSM_PIN"
 CONFIG
-wait_port "$REDIS_PORT"
+wait_port "$REDIS_PORT" redis-server
 "${BINARIES[0]}" hsm init --config "$WORK/otpgate.toml" >/dev/null
 
 for binary in "${BINARIES[@]}"; do
     "$binary" serve --config "$WORK/otpgate.toml" 2>>"$WORK/gateway.log" &
     gateway=$!
     PIDS+=("$gateway")
-    wait_port "$TLS_PORT"
+    wait_port "$TLS_PORT" "otpgate serve"
     curl -sk -o /dev/null "https://127.0.0.1:$TLS_PORT/about"
     before=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$gateway/status")
     python3 benches/idle_tls_client.py "$TLS_PORT" "$CONNECTIONS" 6 >"$WORK/client.out" &

@@ -54,7 +54,8 @@ fn identity_header_must_be_a_header_name() {
     let settings = Settings::from_toml(&with("X-Otpgate-User")).unwrap();
     assert_eq!(settings.app.identity_header.as_deref(), Some("X-Otpgate-User"));
     let text = error_text(&with("X Otpgate: User"));
-    assert!(text.contains("app.identity_header") && text.contains("X Otpgate: User"), "{text}");
+    assert!(text.contains("app.identity_header"), "{text}");
+    assert!(text.contains("X Otpgate: User"), "{text}");
 }
 
 #[test]

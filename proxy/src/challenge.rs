@@ -155,11 +155,11 @@ impl Gateway {
         }
 
         let submitted = if backup { Submitted::Backup(zeroize::Zeroizing::new(code)) } else { Submitted::Totp(code) };
-        let held = match self.check_second_factor(&ticket, &pending, submitted, record, used).await {
-            Ok(held) => held,
+        let held_cookies = match self.check_second_factor(&ticket, &pending, submitted, record, used).await {
+            Ok(held_cookies) => held_cookies,
             Err(e) => return self.unavailable(session, &e).await,
         };
-        let Some(held) = held else {
+        let Some(held_cookies) = held_cookies else {
             let message = if backup { BACKUP_REJECTED } else { CODE_REJECTED };
             crate::metrics::outcome(if backup { "backup_code_rejected" } else { "code_rejected" });
             tracing::info!(user = %user, address = %address, outcome = if backup { "backup_code_rejected" } else { "code_rejected" }, "second factor rejected");
@@ -174,11 +174,13 @@ impl Gateway {
         };
 
         // Round trip 4: take the pending login and flag its sessions.
-        let flags = self.session_flags(&held, &user, "verified");
-        let flags: Vec<(&str, &[u8])> = flags.iter().map(|(value, flag)| (value.as_str(), flag.as_slice())).collect();
+        let flags = self.session_flags(&held_cookies, &user, "verified");
         match self.store().take_pending_and_flag(&ticket, &flags, self.settings.app.session_lifetime_secs).await {
-            Ok(Some(_)) => self.send_released(session, ctx, pending, held, &address).await,
-            Ok(None) => self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await,
+            Ok(Some(_)) => self.send_released(session, ctx, pending, held_cookies, &address).await,
+            Ok(None) => {
+                tracing::info!(user = %user, address = %address, outcome = "pending_login_gone", "code verified, but the pending login was already taken or expired");
+                self.login_again(session, ctx, "Your sign-in has expired. Please sign in again.").await
+            }
             Err(e) => self.unavailable(session, &e).await,
         }
     }
@@ -230,18 +232,18 @@ impl Gateway {
                 let Some(matched) = matched else {
                     return Ok(None);
                 };
-                let held: Vec<String> = serde_json::from_slice(&vault.decrypt(&sealed, aad.as_bytes())?)?;
-                Ok(Some((matched, held)))
+                let held_cookies: Vec<String> = serde_json::from_slice(&vault.decrypt(&sealed, aad.as_bytes())?)?;
+                Ok(Some((matched, held_cookies)))
             })
             .await?;
-        let Some((matched, held)) = outcome else {
+        let Some((matched, held_cookies)) = outcome else {
             return Ok(None);
         };
         let fresh = match matched {
             Matched::Step(step) => self.store().consume_step(&pending.user, step).await?,
             Matched::Backup(entry) => self.store().consume_backup(&pending.user, &entry).await?,
         };
-        Ok(fresh.then_some(held))
+        Ok(fresh.then_some(held_cookies))
     }
 
     /// Returns the seconds until the exceeded counters expire.
@@ -323,11 +325,11 @@ impl Gateway {
 
     /// Sends a member whose login was just released on: the held cookies,
     /// the pending cookie cleared, and the original target.
-    async fn send_released(&self, session: &mut Session, ctx: &RequestCtx, pending: PendingLogin, held: Vec<String>, address: &str) -> Result<bool> {
+    async fn send_released(&self, session: &mut Session, ctx: &RequestCtx, pending: PendingLogin, held_cookies: Vec<String>, address: &str) -> Result<bool> {
         crate::metrics::outcome("verified");
         tracing::info!(user = %pending.user, address = %address, outcome = "verified", "login completed with second factor");
 
-        let mut headers: Vec<(&'static str, String)> = held.into_iter().map(|c| ("set-cookie", c)).collect();
+        let mut headers: Vec<(&'static str, String)> = held_cookies.into_iter().map(|c| ("set-cookie", c)).collect();
         headers.push(("set-cookie", cookies::clear_pending_cookie(ctx.tls)));
         if Self::is_json(session) {
             let body = serde_json::json!({ "ok": true, "redirect": pending.target }).to_string();

@@ -111,6 +111,21 @@ impl Store {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    /// Key of a pending login: the SHA-256 of its ticket.
+    fn pending_key(&self, ticket: &str) -> String {
+        self.key("pending", &digest_hex(ticket.as_bytes()))
+    }
+
+    /// Key of a session flag: the SHA-256 of the session cookie value.
+    fn session_key(&self, cookie_value: &str) -> String {
+        self.key("session", &digest_hex(cookie_value.as_bytes()))
+    }
+
+    /// Adds one count of `counter` in a window of `window_secs` to `pipe`.
+    fn push_count(&self, pipe: &mut redis::Pipeline, (counter, window_secs): (&RateKey<'_>, u64)) {
+        pipe.cmd("EVAL").arg(COUNT_SCRIPT).arg(1).arg(self.rate_key(counter)).arg(window_secs);
+    }
+
     /// Checks that Redis responds, for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
@@ -180,18 +195,10 @@ impl Store {
     /// member's record and used time step, in one round trip.
     pub async fn count_and_record(&self, counter: (&RateKey<'_>, u64), user: &str) -> Result<(u64, Option<Vec<u8>>, Option<u64>), StoreError> {
         let mut connection = self.connection.clone();
-        let (key, window_secs) = counter;
-        redis::pipe()
-            .cmd("EVAL")
-            .arg(COUNT_SCRIPT)
-            .arg(1)
-            .arg(self.rate_key(key))
-            .arg(window_secs)
-            .get(self.member_key("record", user))
-            .get(self.member_key("used", user))
-            .query_async(&mut connection)
-            .await
-            .map_err(self.error())
+        let mut pipe = redis::pipe();
+        self.push_count(&mut pipe, counter);
+        pipe.get(self.member_key("record", user)).get(self.member_key("used", user));
+        pipe.query_async(&mut connection).await.map_err(self.error())
     }
 
     /// Returns the highest time step the member has used, if any.
@@ -268,8 +275,8 @@ impl Store {
     pub async fn count_pair(&self, first: (&RateKey<'_>, u64), second: (&RateKey<'_>, u64)) -> Result<(u64, u64), StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
-        for (counter, window_secs) in [first, second] {
-            pipe.cmd("EVAL").arg(COUNT_SCRIPT).arg(1).arg(self.rate_key(counter)).arg(window_secs);
+        for counter in [first, second] {
+            self.push_count(&mut pipe, counter);
         }
         pipe.query_async(&mut connection).await.map_err(self.error())
     }
@@ -300,7 +307,7 @@ impl Store {
     pub async fn put_pending(&self, ticket: &str, value: &[u8], ttl_secs: u64) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         connection
-            .set_ex(self.key("pending", &digest_hex(ticket.as_bytes())), value, ttl_secs)
+            .set_ex(self.pending_key(ticket), value, ttl_secs)
             .await
             .map_err(self.error())
     }
@@ -309,7 +316,7 @@ impl Store {
     pub async fn pending(&self, ticket: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut connection = self.connection.clone();
         connection
-            .get(self.key("pending", &digest_hex(ticket.as_bytes())))
+            .get(self.pending_key(ticket))
             .await
             .map_err(self.error())
     }
@@ -318,17 +325,10 @@ impl Store {
     /// round trip. The attempt counts even when the login is gone.
     pub async fn pending_and_count(&self, ticket: &str, counter: (&RateKey<'_>, u64)) -> Result<(Option<Vec<u8>>, u64), StoreError> {
         let mut connection = self.connection.clone();
-        let (key, window_secs) = counter;
-        redis::pipe()
-            .get(self.key("pending", &digest_hex(ticket.as_bytes())))
-            .cmd("EVAL")
-            .arg(COUNT_SCRIPT)
-            .arg(1)
-            .arg(self.rate_key(key))
-            .arg(window_secs)
-            .query_async(&mut connection)
-            .await
-            .map_err(self.error())
+        let mut pipe = redis::pipe();
+        pipe.get(self.pending_key(ticket));
+        self.push_count(&mut pipe, counter);
+        pipe.query_async(&mut connection).await.map_err(self.error())
     }
 
     /// Takes a pending login and sets the flags of its application
@@ -336,12 +336,12 @@ impl Store {
     /// it. The flags are set either way: the caller has verified the second
     /// factor for exactly these sessions, so a concurrent caller that took
     /// the login first sets the same flags.
-    pub async fn take_pending_and_flag(&self, ticket: &str, flags: &[(&str, &[u8])], ttl_secs: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn take_pending_and_flag(&self, ticket: &str, flags: &[(String, Vec<u8>)], ttl_secs: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(1).arg(self.key("pending", &digest_hex(ticket.as_bytes())));
+        pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(1).arg(self.pending_key(ticket));
         for (cookie_value, flag) in flags {
-            pipe.set_ex(self.key("session", &digest_hex(cookie_value.as_bytes())), *flag, ttl_secs).ignore();
+            pipe.set_ex(self.session_key(cookie_value), flag, ttl_secs).ignore();
         }
         let (taken,): (Option<Vec<u8>>,) = pipe.query_async(&mut connection).await.map_err(self.error())?;
         Ok(taken)
@@ -351,7 +351,7 @@ impl Store {
     pub async fn take_pending(&self, ticket: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut connection = self.connection.clone();
         self.take
-            .key(self.key("pending", &digest_hex(ticket.as_bytes())))
+            .key(self.pending_key(ticket))
             .invoke_async(&mut connection)
             .await
             .map_err(self.error())
@@ -362,7 +362,7 @@ impl Store {
     pub async fn put_session_flag(&self, cookie_value: &str, flag: &[u8], ttl_secs: u64) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         connection
-            .set_ex(self.key("session", &digest_hex(cookie_value.as_bytes())), flag, ttl_secs)
+            .set_ex(self.session_key(cookie_value), flag, ttl_secs)
             .await
             .map_err(self.error())
     }
@@ -371,7 +371,7 @@ impl Store {
     pub async fn session_flag(&self, cookie_value: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut connection = self.connection.clone();
         connection
-            .get(self.key("session", &digest_hex(cookie_value.as_bytes())))
+            .get(self.session_key(cookie_value))
             .await
             .map_err(self.error())
     }
@@ -380,7 +380,7 @@ impl Store {
     pub async fn delete_session_flag(&self, cookie_value: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         connection
-            .del(self.key("session", &digest_hex(cookie_value.as_bytes())))
+            .del(self.session_key(cookie_value))
             .await
             .map_err(self.error())
     }
